@@ -1,0 +1,47 @@
+"""The stage registry: one place that names every stage and the function that runs it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eds import config
+
+log = logging.getLogger(__name__)
+
+Summary = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str
+    description: str
+
+    def function(self) -> Callable[[config.Params], Summary]:
+        return importlib.import_module(self.module).run
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("generate", "pipelines.generate", "greedy responses to the training prompts, in resumable shards"),
+        Stage("classify", "pipelines.classify", "the judge C(X,Y): refusal, and good/bad labels per response"),
+    )
+}
+
+
+def run_stage(name: str, params_path: str | Path = "params.yaml") -> Summary:
+    """Validate params once, then run the stage; returns the stage's summary."""
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    params = config.load(params_path)
+    started = time.perf_counter()
+    summary = STAGES[name].function()(params)
+    log.info("stage %s done in %.1f s", name, time.perf_counter() - started)
+    return summary
