@@ -9,13 +9,14 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; None if absent."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
+    boxed, fbox = text.rfind("\\boxed"), text.rfind("\\fbox")
+    if max(boxed, fbox) < 0:
         return None
-    brace = text.find("{", start)
-    if brace < 0:
-        tail = text[start + len("\\boxed") :].strip()
-        return tail.split("$")[0].strip() or None
+    end = boxed + len("\\boxed") if boxed > fbox else fbox + len("\\fbox")
+    rest = text[end:].lstrip()
+    if not rest.startswith("{"):  # "\\boxed 5$": the argument is the next token
+        return rest.split("$")[0].strip() or None
+    brace = len(text) - len(rest)
     depth = 0
     for pos in range(brace, len(text)):
         if text[pos] == "{":

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 EMBEDDED_PREFIX = "embedded:"
 DATA_ROOT_ENV = "EDS_DATA_ROOT"
@@ -39,7 +48,7 @@ class Section(BaseModel):
 
 class ProjectConfig(Section):
     name: str = Field("eds", min_length=1, description="Pipeline name; MLflow experiment prefix.")
-    seed: int = Field(0, ge=0)
+    seed: StrictInt = Field(0, ge=0)
 
 
 class ModelConfig(Section):
@@ -54,7 +63,7 @@ class ModelConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     device_map: str | None = Field(None, description="e.g. 'auto' to spread a big model over GPUs.")
     system_prompt: str | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False
 
     @field_validator("device")
     @classmethod
@@ -69,7 +78,7 @@ class ModelConfig(Section):
 
 class DatasetRef(Section):
     name: str = Field(min_length=1, description="A name from eds.datasets.REGISTRY.")
-    limit: int | None = Field(None, ge=1, description="Seeded sample of at most this many rows.")
+    limit: StrictInt | None = Field(None, ge=1, description="Seeded sample of at most this many rows.")
     split: str | None = Field(None, description="Override the registry's default split.")
 
     @field_validator("name")
@@ -96,18 +105,18 @@ class DataConfig(Section):
 
 
 class GenerateConfig(Section):
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(48, ge=1, le=8192)
-    max_prompt_tokens: int = Field(512, ge=8, description="Longer prompts keep their last tokens.")
-    shard_size: int = Field(64, ge=1, description="Prompts per output shard (the resume unit).")
+    batch_size: StrictInt = Field(8, ge=1)
+    max_new_tokens: StrictInt = Field(48, ge=1, le=8192)
+    max_prompt_tokens: StrictInt = Field(512, ge=8, description="Longer prompts keep their first N tokens.")
+    shard_size: StrictInt = Field(64, ge=1, description="Prompts per output shard (the resume unit).")
 
 
 class JudgeConfig(Section):
     name: str = Field("keyword", description="A name from eds.judge.JUDGES.")
-    window: int = Field(160, ge=1, description="Keyword judge: characters from the start searched.")
+    window: StrictInt = Field(160, ge=1, description="Keyword judge: characters from the start searched.")
     model_id: str | None = Field(None, description="Classifier judge: HF sequence-classification model.")
     refusal_label: str = Field("refusal", description="Classifier judge: label meaning 'refused'.")
-    batch_size: int = Field(16, ge=1)
+    batch_size: StrictInt = Field(16, ge=1)
 
     @model_validator(mode="after")
     def _known(self) -> "JudgeConfig":
@@ -125,7 +134,7 @@ class ClassifyConfig(Section):
 
 
 class TrackingConfig(Section):
-    enabled: bool = True
+    enabled: StrictBool = True
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (relative to the repo).")
     experiment: str | None = Field(None, description="Default: '<project.name>-<profile>'.")
 
@@ -161,8 +170,14 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
 
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
-    for item in err.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+    errors = err.errors()
+    for item in errors:
+        loc = tuple(item["loc"])
+        # A container's own error caused by an invalid child (e.g. "tuple too short" after its only
+        # item failed) is noise: the child's error already names the real problem.
+        if any(len(other["loc"]) > len(loc) and tuple(other["loc"][: len(loc)]) == loc for other in errors):
+            continue
+        key = ".".join(str(part) for part in loc) or "<root>"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"

@@ -244,12 +244,19 @@ def read_local(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".csv":
         import pandas as pd
 
-        frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+        try:
+            frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+        except pd.errors.EmptyDataError:  # a 0-byte file: no header, no rows
+            return []
         return frame.to_dict("records")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except pa.ArrowInvalid as err:  # empty or corrupt file
+            raise DatasetUnavailable(f"unreadable parquet file {path}: {err}") from None
     raise DatasetUnavailable(f"unsupported local file type: {path}")
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 from eds.config import Params
 
-_SECRET = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
+# A key whose last part names a secret ("hub_token", "api_key"), not "max_new_tokens".
+_SECRET_KEY = re.compile(r"(^|[._-])(token|secret|password|passwd|api[_-]?key|credentials?)$", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})$")
 MAX_PARAM_CHARS = 6000
 
 
@@ -36,8 +38,16 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def loggable_params(params: Params) -> dict[str, str]:
-    flat = flatten(params.model_dump(mode="json"))
-    return {k: str(v)[:MAX_PARAM_CHARS] for k, v in flat.items() if not _SECRET.search(k)}
+    return redact(flatten(params.model_dump(mode="json")))
+
+
+def redact(flat: Mapping[str, Any]) -> dict[str, str]:
+    """Params as strings, without secret-looking keys or token-looking values."""
+    return {
+        k: str(v)[:MAX_PARAM_CHARS]
+        for k, v in flat.items()
+        if not _SECRET_KEY.search(k) and not _SECRET_VALUE.match(str(v))
+    }
 
 
 def git_sha(cwd: str | Path = ".") -> str:
