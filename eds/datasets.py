@@ -13,8 +13,11 @@ A ``limit`` draws a seeded sample (same seed, same rows, in file order).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,6 +341,21 @@ def to_item(row: Row, index: int, spec: BenchmarkSpec, source: str) -> Item | No
         raw_answer = str(_require(row, str(cols.answer), spec))
         answer = gsm8k_final_answer(raw_answer) if "####" in raw_answer else raw_answer
     return MathItem(item_id, spec.name, text, answer, category)
+
+
+_PUNCT = re.compile(r"[^\w\s]")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Text for overlap checks: NFKC, lowercase, punctuation dropped, whitespace collapsed."""
+    folded = unicodedata.normalize("NFKC", text).lower()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", folded)).strip()
+
+
+def text_key(text: str) -> str:
+    """sha256 of :func:`normalize_text`: the identity used to keep train and eval apart."""
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
 
 
 def sample(items: Sequence[Item], limit: int | None, seed: int, name: str) -> list[Item]:
