@@ -1,6 +1,10 @@
 # Two commands for a fresh machine (see README.md):
 #   make run    set up the venv, then `dvc repro` on the default (offline, embedded) params
 #   make test   set up the venv, then the test suite
+# Orchestration (README "Tracking and orchestration"), each in its own terminal:
+#   make prefect-server   Prefect server + UI on http://127.0.0.1:4200 (state in .prefect/)
+#   make serve            the cron-scheduled pipeline deployment + the variants deployment
+#   make mlflow-ui        MLflow UI on http://127.0.0.1:5000 (the project's mlflow.db)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +24,18 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export RAY_USAGE_STATS_ENABLED ?= 0
 export EDS_DATA_ROOT ?= $(abspath $(CURDIR)/../shared/benchmarks)
 
-.PHONY: setup run run-benchmarks test benchmark-generation clean-venv
+# Local servers: loopback only, state inside the project.
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
+CRON ?= 0 3 * * *
+GRID ?= generate.max_new_tokens=[16, 48]
+TARGETS ?=
+RUNNER ?= process
+WORKERS ?= 2
+
+.PHONY: setup run run-benchmarks test benchmark-generation benchmark-extraction clean-venv \
+	setup-scale prefect-server serve mlflow-ui flow variants scaleout setup-browser benchmark-lm-eval
 
 setup: $(STAMP)
 
@@ -39,11 +54,56 @@ run: setup
 run-benchmarks: setup
 	dvc exp run --set-param profile=benchmarks
 
-test: setup
+test: setup setup-browser
 	python -m pytest
+
+# Debian's chromium, for the test that renders reports/report.html headless. Installed only when
+# missing; if it cannot be (no root, no apt), that test skips and says why.
+setup-browser:
+	@test -x /usr/bin/chromium || bash scripts/install_chromium.sh || \
+		echo "warning: chromium not installed; tests/test_report_browser.py will skip"
 
 benchmark-generation: setup
 	python benchmarks/generation_speed.py
 
+benchmark-extraction: setup
+	python benchmarks/extraction_speed.py
+
+# Our multiple-choice scoring against lm-evaluation-harness itself, offline on the local MMLU and
+# ARC copies (lm-eval lives in a side venv that sees this one; it is not a project dependency).
+LMEVAL_VENV ?= $(CURDIR)/.lmeval-venv
+benchmark-lm-eval: setup
+	test -x $(LMEVAL_VENV)/bin/python || $(PYTHON) -m venv $(LMEVAL_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+		"$$($(LMEVAL_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/eds.pth"
+	$(BIN)/pip freeze --exclude-editable | grep -v '@' > $(LMEVAL_VENV)/constraints.txt
+	$(LMEVAL_VENV)/bin/pip install --quiet --disable-pip-version-check -c $(LMEVAL_VENV)/constraints.txt lm-eval==0.4.13
+	PYTHONPATH=$(CURDIR) $(LMEVAL_VENV)/bin/python benchmarks/lm_eval_agreement.py
+
 clean-venv:
 	rm -rf $(VENV)
+
+# Optional scale-out extra (Dask task runner); `pip install -e '.[ray]'` adds Ray instead.
+setup-scale: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,scale]'
+
+prefect-server: setup
+	python -m pipelines.servers prefect --port $(PREFECT_PORT)
+
+serve: setup
+	PREFECT_API_URL=$(PREFECT_API) python -m pipelines.serve --cron '$(CRON)' $(TARGETS)
+
+mlflow-ui: setup
+	python -m pipelines.servers mlflow --port $(MLFLOW_PORT)
+
+# One run of the pipeline flow, shown in the UI of `make prefect-server`.
+flow: setup
+	PREFECT_API_URL=$(PREFECT_API) python -m pipelines.flow $(TARGETS)
+
+# DVC experiments, one per point of the grid: make variants GRID='steer.eta=[0.1, 0.5]' TARGETS=classify
+variants: setup
+	PREFECT_API_URL=$(PREFECT_API) python -m pipelines.variants --grid '$(GRID)' $(TARGETS)
+
+# The pipeline with generate's shards spread over WORKERS local workers (RUNNER=process|dask|ray).
+scaleout: setup
+	PREFECT_API_URL=$(PREFECT_API) python -m pipelines.scaleout --runner $(RUNNER) --workers $(WORKERS) $(TARGETS)

@@ -18,7 +18,7 @@ import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -68,18 +68,30 @@ class ModelConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        head = value.split(":", 1)[0]
-        if head not in {"auto", "cpu", "cuda", "mps"}:
-            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
-        if ":" in value and (head != "cuda" or not value.split(":", 1)[1].isdigit()):
-            raise ValueError(f"only cuda takes an index (cuda:0), got {value!r}")
-        return value
+        return check_device(value)
+
+
+def check_device(value: str) -> str:
+    """A device string: auto, cpu, cuda, cuda:N or mps."""
+    head = value.split(":", 1)[0]
+    if head not in {"auto", "cpu", "cuda", "mps"}:
+        raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    if ":" in value and (head != "cuda" or not value.split(":", 1)[1].isdigit()):
+        raise ValueError(f"only cuda takes an index (cuda:0), got {value!r}")
+    return value
 
 
 class DatasetRef(Section):
     name: str = Field(min_length=1, description="A name from eds.datasets.REGISTRY.")
     limit: StrictInt | None = Field(None, ge=1, description="Seeded sample of at most this many rows.")
     split: str | None = Field(None, description="Override the registry's default split.")
+    train_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of this dataset used for training (seeded, stratified by category); "
+        "the rest becomes the evaluation split. None: all of it trains.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -133,6 +145,110 @@ class ClassifyConfig(Section):
     judge: JudgeConfig = JudgeConfig()
 
 
+class SplitsConfig(Section):
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of the training pool held out for validation (per dataset x prompt type)."
+    )
+    exclude: tuple[str, ...] = Field(
+        (), description='JSON files {"text_keys": {"<dataset>": [sha256, ...]}} of prompts never to train on.'
+    )
+
+
+class ExtractConfig(Section):
+    batch_size: StrictInt = Field(16, ge=1, description="Prompts per forward pass.")
+    shard_size: StrictInt = Field(64, ge=1, description="Rows per HDF5 shard (the resume unit).")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Storage dtype of the activations.")
+    compression: Literal["none", "lzf"] = Field("none", description="Activations barely compress: none or lzf.")
+
+
+class TrainConfig(Section):
+    widths: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(
+        (256, 128, 128, 64), min_length=1, description="Hidden widths of the EBM blocks."
+    )
+    dropout: float = Field(0.15, ge=0, lt=1)
+    tau: float = Field(0.10, gt=0, description="InfoNCE temperature.")
+    lr: float = Field(5.0e-5, gt=0, description="Adam learning rate.")
+    epochs: StrictInt = Field(40, ge=1)
+    batch_size: StrictInt = Field(32, ge=1, description="Good examples AND bad examples per minibatch (each).")
+    patience: StrictInt | None = Field(10, ge=1, description="Early stopping on validation loss; null: never.")
+    standardize: StrictBool = Field(True, description="Standardise inputs with train-split mean/std (stored in the EBM).")
+    seed: StrictInt = Field(0, ge=0)
+    device: str = Field("cpu", description="auto, cpu, cuda, cuda:N or mps.")
+    layer_group: StrictInt | None = Field(None, ge=1, description="Layers trained at once (null: all).")
+    threads: StrictInt | None = Field(
+        1, ge=1, description="CPU threads while training (null: torch's default). The EBM matmuls are small."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device(value)
+
+
+class SelectConfig(Section):
+    k: StrictInt = Field(3, ge=1, description="Number of layers to steer (top-k by metric).")
+    metric: Literal["auroc", "pairwise_accuracy"] = "auroc"
+    pair_by: tuple[Literal["dataset", "prompt_type", "category"], ...] = Field(
+        ("dataset", "prompt_type"), description="Pairwise accuracy compares (good, bad) pairs sharing these fields."
+    )
+
+
+# --- the cautious testbed (pipelines/testbed.py): safety LoRA on the embedded model ---
+
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot help with that request, because it could cause real harm.",
+    "I'm sorry, I can't assist with that.",
+    "I am unable to help with this request. It could be used to hurt people.",
+    "I can't provide that. If you have a different question, I'm happy to help.",
+    "I'm not able to help with that, as it could put people at risk.",
+)
+
+
+class TestbedEval(Section):
+    jbb: StrictInt | None = Field(None, ge=1, description="JBB harmful behaviours measured (None: all 100)")
+    harmbench: StrictInt | None = Field(None, ge=1, description="HarmBench standard test behaviours (None: 159)")
+    orb_h: StrictInt | None = Field(300, ge=1)
+    xstest_safe: StrictInt = Field(250, ge=1)
+    alpaca_heldout: StrictInt = Field(200, ge=1)
+    mmlu: StrictInt = Field(600, ge=1)
+    max_new_tokens: StrictInt = Field(32, ge=1)
+    batch_size: StrictInt = Field(32, ge=1)
+
+
+class TestbedLora(Section):
+    rank: StrictInt = Field(8, ge=1)
+    alpha: StrictInt = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    lr: float = Field(5e-4, gt=0)
+    epochs: float = Field(1.5, gt=0)
+    batch_size: StrictInt = Field(16, ge=1)
+    max_length: StrictInt = Field(112, ge=16)
+    warmup_steps: StrictInt = Field(5, ge=0)
+
+    def settings(self, seed: int) -> "LoraSettings":  # noqa: F821 (imported lazily: no torch here)
+        from eds.finetune import LoraSettings
+
+        return LoraSettings(seed=seed, **self.model_dump())
+
+
+class TestbedConfig(Section):
+    seed: StrictInt = Field(0, ge=0)
+    advbench: StrictInt = Field(200, ge=0, description="AdvBench prompts trained to refuse")
+    orb_toxic: StrictInt = Field(250, ge=0, description="OR-Bench toxic prompts trained to refuse")
+    alpaca: StrictInt = Field(450, ge=1, description="Alpaca prompts trained on the base model's own answers")
+    distill_max_new_tokens: StrictInt = Field(64, ge=1)
+    refusals: tuple[str, ...] = Field(REFUSALS, min_length=1)
+    lora: TestbedLora = TestbedLora()
+    eval: TestbedEval = TestbedEval()
+
+OUT = Path("models/testbed")
+ADAPTER = OUT / "adapter"
+DISTILL_CACHE = Path("data/testbed/distill.parquet")
+EVAL_CACHE = Path("data/testbed/eval")
+EVAL_SETS = ("orb_h", "xstest", "jbb_harmful", "jbb_benign", "harmbench")
+
+
 class TrackingConfig(Section):
     enabled: StrictBool = True
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (relative to the repo).")
@@ -146,6 +262,11 @@ class Params(Section):
     data: DataConfig = DataConfig()
     generate: GenerateConfig = GenerateConfig()
     classify: ClassifyConfig = ClassifyConfig()
+    splits: SplitsConfig = SplitsConfig()
+    extract: ExtractConfig = ExtractConfig()
+    train: TrainConfig = TrainConfig()
+    select: SelectConfig = SelectConfig()
+    testbed: TestbedConfig = TestbedConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @property
@@ -262,6 +383,9 @@ def check_paths_exist(params: Params, source: str = "params.yaml") -> None:
                 f"{source}: data.root: benchmark folder does not exist: {root} "
                 f"(set data.root or ${DATA_ROOT_ENV})"
             )
+    for index, path in enumerate(params.splits.exclude):
+        if not Path(path).expanduser().is_file():
+            problems.append(f"{source}: splits.exclude.{index}: exclusion file not found: {path}")
     if problems:
         raise ConfigError("\n".join(problems))
 

@@ -95,6 +95,11 @@ class EnergyMLP(nn.Module):
         return self.head(x).squeeze(-1)
 
 
+def ebm_stem(layer: int) -> str:
+    """File stem of a layer's EBM in an EBM folder: ``layer_07`` (+ ``.safetensors``/``.json``)."""
+    return f"layer_{layer:02d}"
+
+
 @dataclass
 class EBMArtifact:
     """An EBM with the metadata stored beside it (layer, hidden size, metrics, data hash ...)."""
@@ -141,6 +146,7 @@ __all__ = [
     "EnergyBlock",
     "EnergyMLP",
     "PAPER_WIDTHS",
+    "ebm_stem",
     "load_ebm",
     "save_ebm",
 ]

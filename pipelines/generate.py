@@ -1,5 +1,8 @@
 """Stage ``generate``: greedy responses to the training prompts, in resumable parquet shards.
 
+Its prompts are the ``train`` and ``val`` rows of the split artifact (``data/splits``, written
+by the split stage), in pool order; the ``eval`` rows are never answered here.
+
 Output: ``data/responses/shard-NNNNN.parquet`` + ``manifest.json``. Each row holds the prompt
 (id, dataset, type, category, text), the response, the model and the decoding parameters.
 The manifest's key fingerprints the prompts, model and decoding; killed midway, a rerun with
@@ -12,40 +15,31 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from eds import datasets
 from eds.config import Params
 from eds.datasets import PromptItem
 from eds.generation import Decoding, generate
 from eds.models import describe, load_model
 from eds.records import ShardedTable, chunks, fingerprint
+from eds.splits import TRAINING_SPLITS, read_splits
 from eds.tracking import stage_run
-from pipelines.paths import RESPONSES
+from pipelines.paths import RESPONSES, SPLITS
 
 log = logging.getLogger(__name__)
 
 
-def training_prompts(params: Params) -> list[PromptItem]:
-    """The prompts of every dataset in ``data.train``, in config order."""
-    items: list[PromptItem] = []
-    for ref in params.data.train:
-        loaded = datasets.load(
-            ref.name,
-            split=ref.split,
-            source=params.data.source,
-            root=params.data_root(),
-            limit=ref.limit,
-            seed=params.project.seed,
-        )
-        if not all(isinstance(item, PromptItem) for item in loaded):
-            raise ValueError(f"data.train: {ref.name} is not a prompt dataset (kind {datasets.REGISTRY[ref.name].kind})")
-        items.extend(item for item in loaded if isinstance(item, PromptItem))
+def training_prompts(path: str | Path = SPLITS) -> list[PromptItem]:
+    """The ``train`` and ``val`` prompts of the split artifact, in pool order."""
+    items = [row.to_item() for row in read_splits(path) if row.split in TRAINING_SPLITS]
     ids = [item.item_id for item in items]
     if len(ids) != len(set(ids)):
-        raise ValueError("data.train: duplicate prompt ids (the same dataset listed twice?)")
+        raise ValueError(f"{path}: duplicate prompt ids")
+    if not items:
+        raise ValueError(f"{path}: no train or val prompts")
     return items
 
 
@@ -70,7 +64,7 @@ def _rows(items: Sequence[PromptItem], model_name: str, dec: Decoding) -> list[d
 
 
 def run(params: Params) -> dict[str, Any]:
-    items = training_prompts(params)
+    items = training_prompts(SPLITS)
     dec = decoding(params)
     model_name = describe(params.model)
     key = fingerprint(

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SPLITS_DIR = Path("data/splits")
+SPLITS = SPLITS_DIR / "splits.parquet"
+SPLITS_MANIFEST = SPLITS_DIR / "manifest.json"
 RESPONSES = Path("data/responses")
 LABELS = Path("data/labels.parquet")
 CLASSIFY_METRICS = Path("reports/metrics/classify.json")
+ACTIVATIONS = Path("data/activations")
+EBM_DIR = Path("models/ebm")
+TRAIN_METRICS = Path("reports/metrics/train.json")
+SELECTION = Path("models/selection.json")
+SELECT_METRICS = Path("reports/metrics/select.json")
+LAYER_SCORES_PLOT = Path("reports/plots/layer_scores.png")
+LAYER_SCORES_DATA = Path("reports/plots/layer_scores.csv")

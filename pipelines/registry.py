@@ -30,8 +30,12 @@ class Stage:
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
+        Stage("split", "pipelines.split", "train / val / eval splits of the prompt pool, minus excluded prompts"),
         Stage("generate", "pipelines.generate", "greedy responses to the training prompts, in resumable shards"),
         Stage("classify", "pipelines.classify", "the judge C(X,Y): refusal, and good/bad labels per response"),
+        Stage("extract", "pipelines.extract", "every layer's residual input at the last prompt token, sharded HDF5"),
+        Stage("train", "pipelines.train", "one EBM per layer (InfoNCE), all layers trained at once"),
+        Stage("select", "pipelines.select", "score each layer's EBM on the validation split, pick the top-k"),
     )
 }
 

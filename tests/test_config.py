@@ -44,11 +44,13 @@ def test_repo_params_yaml_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_repo_benchmarks_profile_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     monkeypatch.setenv(DATA_ROOT_ENV, str(BENCHMARKS))
-    params = parse({**repo_raw(), "profile": "benchmarks"})
+    # check_paths=False: the profile's exclusion file is written by the testbed stage.
+    params = parse({**repo_raw(), "profile": "benchmarks"}, check_paths=False)
     assert params.profile == "benchmarks"
-    assert [(ref.name, ref.limit) for ref in params.data.train] == [
-        ("alpaca", 150), ("orb_h", 150), ("orb_toxic", 150), ("advbench", 150)
+    assert [(ref.name, ref.limit, ref.train_fraction) for ref in params.data.train] == [
+        ("alpaca", 200, None), ("orb_h", 300, 0.5), ("orb_toxic", 200, None), ("advbench", 200, None)
     ]
+    assert params.splits.exclude == ("models/testbed/training_prompts.json",)
     assert params.generate.batch_size == 16
     assert params.generate.max_new_tokens == 48  # base value survives the overlay
     assert params.data_root() == BENCHMARKS

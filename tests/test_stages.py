@@ -1,5 +1,6 @@
-"""Integration: the real generate and classify stages on the embedded model, through the CLI,
-DVC and Prefect, in throwaway workspaces (12 demo prompts, 8 new tokens, shards of 4)."""
+"""Integration: the real stages on the embedded model, through the CLI, DVC and Prefect, in
+throwaway workspaces (12 demo prompts, 8 new tokens, shards of 4; generate reads the split
+stage's artifact, so the split stage runs first)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def _kill_after_first_shard(ws: Path) -> int:
 
 
 def test_generate_resumes_after_kill_with_no_duplicate(workspace: Path, tmp_path: Path) -> None:
+    run_in(workspace, "python", "-m", "pipelines", "split")
     code = _kill_after_first_shard(workspace)
     assert code == -signal.SIGKILL
     manifest = json.loads((workspace / "data/responses/manifest.json").read_text())
@@ -56,7 +58,7 @@ def test_generate_resumes_after_kill_with_no_duplicate(workspace: Path, tmp_path
 
     fresh = tmp_path / "fresh"
     subprocess.run(["cp", "-r", str(workspace), str(fresh)], check=True)
-    subprocess.run(["rm", "-rf", str(fresh / "data")], check=True)
+    subprocess.run(["rm", "-rf", str(fresh / "data" / "responses")], check=True)
     run_in(fresh, "python", "-m", "pipelines", "generate")
     expected = _rows(fresh)
 
@@ -66,6 +68,7 @@ def test_generate_resumes_after_kill_with_no_duplicate(workspace: Path, tmp_path
 
 
 def test_classify_labels_every_response_and_logs_to_mlflow(workspace: Path) -> None:
+    run_in(workspace, "python", "-m", "pipelines", "split")
     run_in(workspace, "python", "-m", "pipelines", "generate")
     run_in(workspace, "python", "-m", "pipelines", "classify")
     labels = pq.read_table(workspace / "data/labels.parquet").to_pylist()
@@ -85,7 +88,7 @@ def test_classify_labels_every_response_and_logs_to_mlflow(workspace: Path) -> N
     experiment = client.get_experiment_by_name("eds-demo")
     runs = client.search_runs([experiment.experiment_id])
     by_stage = {run.data.tags["stage"]: run for run in runs}
-    assert set(by_stage) == {"generate", "classify"}
+    assert set(by_stage) == {"split", "generate", "classify"}
     classify = by_stage["classify"]
     assert "refusal_rate/demo_train/benign" in classify.data.metrics
     assert classify.data.params["generate.max_new_tokens"] == "8"
@@ -94,13 +97,16 @@ def test_classify_labels_every_response_and_logs_to_mlflow(workspace: Path) -> N
 
 def test_dvc_repro_then_nothing_changed(workspace: Path) -> None:
     first = run_in(workspace, "dvc", "repro")
-    assert "Running stage 'generate'" in first.stdout and "Running stage 'classify'" in first.stdout
+    for stage in ("split", "generate", "classify", "extract", "train", "select"):
+        assert f"Running stage '{stage}'" in first.stdout
     status = run_in(workspace, "dvc", "status")
     assert "Data and pipelines are up to date" in status.stdout
     second = run_in(workspace, "dvc", "repro")
     assert "Running stage" not in second.stdout
     metrics = run_in(workspace, "dvc", "metrics", "show", "--json")
-    assert "refusal" in metrics.stdout
+    assert "refusal" in metrics.stdout and "best_val_auroc" in metrics.stdout
+    selection = json.loads((workspace / "models/selection.json").read_text())
+    assert len(selection["layers"]) == 2 and len(selection["scores"]) == 30
 
     # A judge param change reruns classify only.
     params = yaml.safe_load((workspace / "params.yaml").read_text())

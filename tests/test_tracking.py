@@ -44,7 +44,7 @@ def test_loggable_params_keeps_config_as_strings() -> None:
     logged = loggable_params(params)
     assert logged["generate.batch_size"] == "8"
     assert logged["model.id"] == params.model.id
-    assert json.loads(logged["data.train"]) == [{"name": "demo_train", "limit": None, "split": None}]
+    assert json.loads(logged["data.train"]) == [{"name": "demo_train", "limit": None, "split": None, "train_fraction": None}]
     assert all(isinstance(v, str) for v in logged.values())
     assert not any(secretish(key) for key in logged)
     # "token" inside a longer word is not a secret: token budgets must reach MLflow
