@@ -40,7 +40,7 @@ def make_project(folder: Path, model_dir: Path, overrides: dict[str, Any] | None
 
     folder.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params = deep_merge(deep_merge(raw, TINY_RUN), {"model": {"id": str(model_dir)}, **(overrides or {})})
+    params = deep_merge(deep_merge(raw, TINY_RUN), {"model": {"id": str(model_dir), "adapter": None}, **(overrides or {})})
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return folder
 
