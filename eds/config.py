@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from eds.eval_config import EvaluateConfig, SteerConfig  # the steer/evaluate sections (kept in their own module)
+
 EMBEDDED_PREFIX = "embedded:"
 DATA_ROOT_ENV = "EDS_DATA_ROOT"
 
@@ -268,6 +270,8 @@ class Params(Section):
     select: SelectConfig = SelectConfig()
     testbed: TestbedConfig = TestbedConfig()
     tracking: TrackingConfig = TrackingConfig()
+    steer: SteerConfig = SteerConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @property
     def experiment_name(self) -> str:
@@ -393,4 +397,12 @@ def check_paths_exist(params: Params, source: str = "params.yaml") -> None:
 def _needs_data_root(params: Params) -> bool:
     from eds.datasets import REGISTRY
 
-    return any(REGISTRY[ref.name].needs_root for ref in params.data.train)
+    from eds.eval_tasks import TASKS
+
+    def local(name: str) -> bool:  # a hub-only benchmark (no local copy) is reported as not available instead
+        spec = REGISTRY[name]
+        return spec.needs_root and any(split.local_file for split in spec.splits.values())
+
+    return any(REGISTRY[ref.name].needs_root for ref in params.data.train) or any(
+        local(TASKS[ref.name].dataset) for ref in params.evaluate.tasks
+    )

@@ -173,6 +173,20 @@ def _metric_key(key: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", key)
 
 
+def resolve_uri(uri: str) -> str:
+    """A relative ``sqlite:///x.db`` URI made absolute against the current directory.
+
+    MLflow caches one store per URI string (``lru_cache`` in its store registry), so a relative
+    sqlite URI keeps writing to the database of the first directory it was used in; stages run
+    in-process in several project folders (tests, notebooks) then log to the wrong file.
+    """
+    prefix = "sqlite:///"
+    path = uri[len(prefix) :] if uri.startswith(prefix) else ""
+    if path and path != ":memory:" and not Path(path).is_absolute():
+        return prefix + str(Path(path).resolve())
+    return uri
+
+
 @contextmanager
 def stage_run(params: Params, stage: str, extra_tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
     """Open an MLflow run named after the stage, with params and tags (plus ``extra_tags``) logged."""
@@ -181,7 +195,7 @@ def stage_run(params: Params, stage: str, extra_tags: Mapping[str, Any] | None =
         return
     import mlflow
 
-    mlflow.set_tracking_uri(params.tracking.uri)
+    mlflow.set_tracking_uri(resolve_uri(params.tracking.uri))
     mlflow.set_experiment(params.experiment_name)
     with mlflow.start_run(run_name=stage, tags=run_tags(params, stage, extra_tags)) as run:
         mlflow.log_params(loggable_params(params))

@@ -36,6 +36,8 @@ STAGES: dict[str, Stage] = {
         Stage("extract", "pipelines.extract", "every layer's residual input at the last prompt token, sharded HDF5"),
         Stage("train", "pipelines.train", "one EBM per layer (InfoNCE), all layers trained at once"),
         Stage("select", "pipelines.select", "score each layer's EBM on the validation split, pick the top-k"),
+        Stage("evaluate", "pipelines.evaluate", "every variant (unsteered, EDS, eta sweep, baselines) on every task"),
+        Stage("report", "pipelines.report", "plots and the human report (reports/report.md, reports/report.html)"),
     )
 }
 

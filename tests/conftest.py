@@ -79,6 +79,16 @@ SMALL_RUN: dict[str, Any] = {
     "extract": {"batch_size": 4, "shard_size": 4},
     "train": {"widths": [32, 16], "epochs": 3, "batch_size": 4},
     "select": {"k": 2},
+    # A few items per task, 4 new tokens, one EDS point: the evaluate and report stages in seconds.
+    "evaluate": {
+        "tasks": [{"name": "demo_benign", "limit": 4}, {"name": "demo_harmful", "limit": 4},
+                  {"name": "demo_mc", "limit": 2}, {"name": "demo_math", "limit": 1}],
+        "sweep": {"eta": []},
+        "max_new_tokens": 4,
+        "math_max_new_tokens": 4,
+        "bootstrap_samples": 200,
+        "generalisation": {"epochs": 1},
+    },
 }
 
 

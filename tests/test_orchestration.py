@@ -27,7 +27,7 @@ from conftest import BIN, REPO, SMALL_RUN, run_in, tracked_files, write_params
 from eds.config import Params, deep_merge
 from eds.tracking import stage_run
 from pipelines import servers
-from test_orchestration_units import Steer, SteeredParams, mlflow_state  # noqa: F401 (fixture)
+from test_orchestration_units import mlflow_state, steered_params  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -269,16 +269,16 @@ def test_variants_become_dvc_experiments_found_in_the_mlflow_server(pipeline_run
 def test_eta_variants_logged_to_the_mlflow_server_are_found_by_search(
     pipeline_run: PipelineRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two eta variants through eds.tracking.stage_run (with the ``steer`` section steering will
-    add to the params), found again through the server's search API by tag and by param."""
+    """Two eta variants through eds.tracking.stage_run (the params' ``steer`` section), found again
+    through the server's search API by tag and by param."""
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
     url = pipeline_run.servers.mlflow.url
-    base = Params().model_dump()
-    base["tracking"] = {**base["tracking"], "uri": url, "experiment": "eds-eta"}
+    dump = Params().model_dump()
+    base = Params(**{**dump, "tracking": {**dump["tracking"], "uri": url, "experiment": "eds-eta"}})
     for eta in (0.1, 0.5):
-        with stage_run(SteeredParams(**base, steer=Steer(eta=eta, steps=2, layers=[4])), "steer") as run:
+        with stage_run(steered_params(base, eta=eta, steps=2, layers=[4]), "steer") as run:
             run.log_metrics({"refusal_rate/demo_eval/benign": eta / 2})
 
     client = MlflowClient(tracking_uri=url)

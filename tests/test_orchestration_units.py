@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 from conftest import REPO
 from eds.config import Params, parse
@@ -27,7 +26,8 @@ def test_steering_tags_from_either_section_and_absent_when_missing() -> None:
     }  # fmt: skip
     assert steering_tags({"steering": {"eta": 1.0, "layers": None}}) == {"eta": "1.0"}
     assert steering_tags({"generate": {"max_new_tokens": 8}}) == {}
-    assert steering_tags(Params().model_dump(mode="json")) == {}  # today's params: no steering yet
+    steer = Params().steer  # the real params: layers null (the selected ones) gives no layers tag
+    assert steering_tags(Params().model_dump(mode="json")) == {"eta": str(steer.eta), "steps": str(steer.steps)}
 
 
 def test_env_tags_reads_a_json_object_and_ignores_garbage() -> None:
@@ -45,16 +45,9 @@ def test_run_tags_merge_base_env_and_extra(monkeypatch: pytest.MonkeyPatch, tmp_
     assert tags["variant"] == "v1" and tags["runner"] == "dask" and tags["sweep"] == "override"
 
 
-class Steer(BaseModel):
-    eta: float
-    steps: int = 1
-    layers: list[int] = [10]
-
-
-class SteeredParams(Params):
-    """Params with the steering section the steering stage will add."""
-
-    steer: Steer = Steer(eta=0.1)
+def steered_params(base: Params, **steer: object) -> Params:
+    """``base`` with its ``steer`` section (EDS at inference: eta, steps, layers) replaced."""
+    return Params(**{**base.model_dump(), "steer": {**base.steer.model_dump(), **steer}})
 
 
 @pytest.fixture
@@ -82,7 +75,7 @@ def test_stage_run_carries_eta_env_and_extra_tags(
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     raw = {"tracking": {"uri": uri}, "data": {"train": [{"name": "demo_train", "limit": 2}]}}
     base = parse(raw, check_paths=False)
-    params = SteeredParams(**base.model_dump(), steer=Steer(eta=0.5, steps=3, layers=[4, 6]))
+    params = steered_params(base, eta=0.5, steps=3, layers=[4, 6])
     monkeypatch.setenv(RUN_TAGS_ENV, json.dumps({"variant": "steer.eta=0.5"}))
     with stage_run(params, "steer", extra_tags={"runner": "process"}) as run:
         run_id = run.run_id

@@ -97,7 +97,7 @@ def test_classify_labels_every_response_and_logs_to_mlflow(workspace: Path) -> N
 
 def test_dvc_repro_then_nothing_changed(workspace: Path) -> None:
     first = run_in(workspace, "dvc", "repro")
-    for stage in ("split", "generate", "classify", "extract", "train", "select"):
+    for stage in ("split", "generate", "classify", "extract", "train", "select", "evaluate", "report"):
         assert f"Running stage '{stage}'" in first.stdout
     status = run_in(workspace, "dvc", "status")
     assert "Data and pipelines are up to date" in status.stdout
@@ -105,6 +105,7 @@ def test_dvc_repro_then_nothing_changed(workspace: Path) -> None:
     assert "Running stage" not in second.stdout
     metrics = run_in(workspace, "dvc", "metrics", "show", "--json")
     assert "refusal" in metrics.stdout and "best_val_auroc" in metrics.stdout
+    assert "demo_benign/eds/compliance" in metrics.stdout and "demo_mc/none/accuracy_ci_low" in metrics.stdout
     selection = json.loads((workspace / "models/selection.json").read_text())
     assert len(selection["layers"]) == 2 and len(selection["scores"]) == 30
 

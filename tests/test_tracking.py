@@ -180,3 +180,27 @@ def test_tracking_disabled_creates_nothing(tmp_path: Path, monkeypatch: pytest.M
         run.log_metrics({"refusal_rate/demo_train/benign": 0.5})
         run.set_tags({"x": "y"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_sqlite_uri_follows_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_state: None
+) -> None:
+    """MLflow caches a store per URI string: a relative sqlite URI must be made absolute, or the
+    second project folder would log into the first folder's database."""
+    from mlflow import MlflowClient
+
+    from eds.tracking import resolve_uri
+
+    assert resolve_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        assert resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{folder / 'mlflow.db'}"
+        with stage_run(tracked_params("sqlite:///mlflow.db"), name):
+            pass
+    for name in ("one", "two"):
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("eds-demo").experiment_id])
+        assert [run.data.tags["stage"] for run in runs] == [name]
