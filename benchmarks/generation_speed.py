@@ -9,7 +9,6 @@ Each batch size runs `--repeats` times after one warm-up call; the median is rep
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys

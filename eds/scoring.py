@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from eds.generation import Decoding, Generation, _count_new, _generation_config, truncate_prompt
+from eds.generation import Decoding, Generation, generate
 from eds.models import LoadedModel, format_chat
 from eds.steering import NoSteer, Steerer, SteeringSession
 
@@ -32,38 +32,6 @@ def chat_for(loaded: LoadedModel, prompt: str, steerer: Steerer) -> str:
     return format_chat(loaded.tokenizer, prompt, system)
 
 
-@torch.inference_mode()
-def generate_batch_steered(
-    loaded: LoadedModel,
-    session: SteeringSession,
-    chats: Sequence[str],
-    decoding: Decoding,
-    **generate_kwargs: Any,
-) -> list[tuple[str, int, int]]:
-    """One left-padded batch of chat-formatted prompts, greedy, with ``session`` attached.
-
-    ``generate_kwargs`` go to ``model.generate`` (e.g. ``cache_implementation="static"``,
-    ``use_cache=False``, ``min_new_tokens``).
-    """
-    tok = loaded.tokenizer
-    enc = tok(list(chats), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    enc = {k: v.to(loaded.device) for k, v in enc.items()}
-    gen_cfg = _generation_config(loaded, decoding)
-    model_kwargs = gen_cfg.update(**generate_kwargs)  # generation parameters go into the config
-    session.prepare_generation(enc["input_ids"].shape[1])
-    try:
-        out = loaded.model.generate(**enc, generation_config=gen_cfg, **model_kwargs)
-    finally:
-        session.clear()
-    new_ids = out[:, enc["input_ids"].shape[1] :].cpu()
-    eos = gen_cfg.eos_token_id
-    stop_ids = set(eos if isinstance(eos, list) else [eos])
-    counts = _count_new(new_ids, stop_ids)
-    texts = tok.batch_decode(new_ids, skip_special_tokens=True)
-    n_prompt = enc["attention_mask"].sum(dim=1).tolist()
-    return [(text.strip(), int(p), n) for text, p, n in zip(texts, n_prompt, counts)]
-
-
 def steered_generate(
     loaded: LoadedModel,
     prompts: Sequence[str],
@@ -72,23 +40,16 @@ def steered_generate(
     on_batch: Callable[[int], None] | None = None,
     **generate_kwargs: Any,
 ) -> list[Generation]:
-    """A response for every prompt, generated with ``steerer`` attached (same contract as
-    :func:`eds.generation.generate`)."""
+    """A response for every prompt, generated with ``steerer`` attached: :func:`eds.generation.generate`
+    with the steerer's system prompt (if any) in the chat and its session armed around each batch.
+
+    ``generate_kwargs`` go to ``model.generate`` (e.g. ``cache_implementation="static"``,
+    ``use_cache=False``, ``min_new_tokens``).
+    """
     steerer = steerer if steerer is not None else NoSteer()
-    prepared = [truncate_prompt(loaded, p, decoding.max_prompt_tokens) for p in prompts]
-    chats = [chat_for(loaded, text, steerer) for text, _ in prepared]
-    lengths = [len(loaded.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in chats]
-    order = sorted(range(len(chats)), key=lambda i: (lengths[i], i))
-    results: dict[int, Generation] = {}
     with steerer.attach(loaded.model) as session:
-        for start in range(0, len(order), decoding.batch_size):
-            idx = order[start : start + decoding.batch_size]
-            outputs = generate_batch_steered(loaded, session, [chats[i] for i in idx], decoding, **generate_kwargs)
-            for i, (text, n_prompt, n_new) in zip(idx, outputs):
-                results[i] = Generation(text, n_prompt, n_new, prepared[i][1])
-            if on_batch is not None:
-                on_batch(len(idx))
-    return [results[i] for i in range(len(prompts))]
+        return generate(loaded, prompts, decoding, on_batch, chat=lambda p: chat_for(loaded, p, steerer),
+                        around=session.generating, **generate_kwargs)
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -177,4 +138,4 @@ def steered_loglik(
     return [scores[i] for i in range(len(texts))]
 
 
-__all__ = ["chat_for", "generate_batch_steered", "score_batch", "steered_generate", "steered_loglik"]
+__all__ = ["chat_for", "score_batch", "steered_generate", "steered_loglik"]

@@ -24,7 +24,8 @@ no session state at all, so a compiled decode step is not re-specialised per bat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -163,6 +164,15 @@ class SteeringSession:
         device = next(self.model.parameters()).device
         self._score_mask = mask.to(device)
         self.prompt_len = None
+
+    @contextmanager
+    def generating(self, prompt_len: int) -> Iterator[None]:
+        """Prepared for one ``model.generate`` call on a batch of width ``prompt_len``, cleared after."""
+        self.prepare_generation(prompt_len)
+        try:
+            yield
+        finally:
+            self.clear()
 
     def clear(self) -> None:
         """Back to unprepared: every position is steered."""

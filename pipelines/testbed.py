@@ -37,6 +37,14 @@ from eds.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
+OUT = Path("models/testbed")  # committed: the adapter, its model card, metrics and trained prompts
+ADAPTER = OUT / "adapter"
+CACHE = Path("data/testbed")  # not versioned: reruns reuse the distillation and evaluation generations
+DISTILL_CACHE = CACHE / "distill.parquet"
+EVAL_CACHE = CACHE / "eval"
+EVAL_SETS = ("orb_h", "xstest", "jbb_harmful", "jbb_benign", "harmbench")  # prompt benchmarks never trained on
+
+
 def eval_keys(params: Params) -> set[str]:
     """text_keys of every prompt of every evaluation benchmark (all splits): never trained on."""
     keys: set[str] = set()

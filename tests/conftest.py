@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import eds  # noqa: F401  (applies the offline switches before anything else loads)
-from eds.models import embedded_folder
+from eds.models import LoadedModel, embedded_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDS_DATA_ROOT") or REPO.parent / "shared" / "benchmarks").resolve()
@@ -52,6 +52,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> LoadedModel:
+    """The tiny random Llama loaded on the CPU (one per test module: tests may attach hooks)."""
+    from eds.config import ModelConfig
+    from eds.models import load_model
+
+    return load_model(ModelConfig(id=str(tiny_model_dir), device="cpu"))
 
 
 def tracked_files() -> list[str]:

@@ -12,8 +12,7 @@ import torch
 
 from eds.activation_store import MANIFEST, ActivationStore, ActivationWriter, StoreError, check_index, shard_name
 from eds.activations import decoder_layers, encode, extract_states, last_token_states, prepare_prompts
-from eds.config import ModelConfig
-from eds.models import LoadedModel, load_model
+from eds.models import LoadedModel
 
 PROMPTS = [
     "Hi",
@@ -21,11 +20,6 @@ PROMPTS = [
     "What is 2 + 2?",
     "Explain photosynthesis in one sentence, please, for a ten year old child.",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(ModelConfig(id=str(tiny_model_dir)))
 
 
 # ------------------------------------------------------------------------------ capture

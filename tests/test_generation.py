@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
 
-from eds.config import ModelConfig
 from eds.generation import Decoding, generate, truncate_prompt
-from eds.models import LoadedModel, load_model
+from eds.models import LoadedModel
 
 PROMPTS = [
     "Hi",
@@ -17,11 +14,6 @@ PROMPTS = [
     "List three colours.",
     "Explain photosynthesis in one sentence, please, for a ten year old child.",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(ModelConfig(id=str(tiny_model_dir)))
 
 
 def test_batched_equals_one_by_one(tiny: LoadedModel) -> None:

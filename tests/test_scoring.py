@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 
-from eds.config import ModelConfig
 from eds.ebm import EBMSpec, EnergyMLP
-from eds.models import LoadedModel, load_model
+from eds.models import LoadedModel
 from eds.scoring import chat_for, steered_loglik
 from eds.steerers import EnergySteerer, MeanDiffSteerer, SystemPromptSteerer
 from eds.steering import NoSteer, Steerer
@@ -30,11 +28,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(ModelConfig(id=str(tiny_model_dir), device="cpu"))
 
 
 def energy_steerer(threshold: float | None = None) -> EnergySteerer:

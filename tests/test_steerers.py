@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from eds.config import ModelConfig
 from eds.ebm import EBMSpec, EnergyMLP
-from eds.generation import Decoding, generate
-from eds.models import LoadedModel, load_model
-from eds.scoring import chat_for, generate_batch_steered, steered_generate
+from eds.generation import Decoding, generate, generate_batch
+from eds.models import LoadedModel
+from eds.scoring import chat_for, steered_generate
 from eds.steerers import (
     DirectionAblation,
     EnergySteerer,
@@ -34,11 +32,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(ModelConfig(id=str(tiny_model_dir), device="cpu"))
 
 
 Records = list[list[torch.Tensor]]
@@ -88,7 +81,7 @@ def test_mean_diff_adds_alpha_v_at_steered_positions_only(tiny: LoadedModel) -> 
     steerer = MeanDiffSteerer({1: v}, alpha=2.0)
     chats = [tiny.chat(p) for p in PROMPTS]
     before, after = record_layer_inputs(
-        tiny.model, lambda s: generate_batch_steered(tiny, s, chats, Decoding(max_new_tokens=3)), steerer
+        tiny.model, lambda s: generate_batch(tiny, chats, Decoding(max_new_tokens=3), s.generating), steerer
     )
     assert all(torch.equal(a, b) for a, b in zip(after[0], before[0]))  # layer 0 untouched
     prefill_before, prefill_after = before[1][0], after[1][0]
@@ -107,7 +100,7 @@ def test_direction_ablation_removes_the_component_everywhere(tiny: LoadedModel) 
     steerer = DirectionAblation(r)
     chats = [tiny.chat(p) for p in PROMPTS]
     before, after = record_layer_inputs(
-        tiny.model, lambda s: generate_batch_steered(tiny, s, chats, Decoding(max_new_tokens=3)), steerer
+        tiny.model, lambda s: generate_batch(tiny, chats, Decoding(max_new_tokens=3), s.generating), steerer
     )
     for store in after:  # every layer input and the last layer's output, every forward, every position
         assert store

@@ -12,11 +12,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, CompileConfig
 
-from eds.config import ModelConfig
 from eds.ebm import EBMSpec, EnergyMLP, save_ebm
-from eds.generation import Decoding, generate
-from eds.models import LoadedModel, load_model
-from eds.scoring import generate_batch_steered, steered_generate
+from eds.generation import Decoding, generate, generate_batch
+from eds.models import LoadedModel
+from eds.scoring import steered_generate
 from eds.steerers import EnergySteerer
 from eds.steering import NoSteer, SteeringError, SteeringSession, find_decoder_layers
 
@@ -35,11 +34,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(ModelConfig(id=str(tiny_model_dir), device="cpu"))
 
 
 def energy_steerer(dim: int = 32, layers: tuple[int, ...] = (0, 1), **kwargs: Any) -> EnergySteerer:
@@ -126,7 +120,7 @@ def test_steered_positions_are_last_prompt_token_and_generated_ones(tiny: Loaded
     try:
         with steerer.attach(tiny.model) as session:
             probe.arm()
-            generate_batch_steered(tiny, session, chats, Decoding(max_new_tokens=4), use_cache=use_cache)
+            generate_batch(tiny, chats, Decoding(max_new_tokens=4), session.generating, use_cache=use_cache)
     finally:
         probe.remove()
     edits = probe.edited()
