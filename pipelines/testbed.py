@@ -11,7 +11,9 @@ Recipe (every number in params.yaml under ``testbed:``):
 3. Measure base and tuned with the project's own generation and judge code on held-out sets and
    write ``models/testbed/metrics.json``; log both to MLflow.
 
-Run: ``python -m pipelines.testbed`` (kept out of dvc.yaml so that `dvc repro` never retrains it).
+Its own DVC stage, frozen, in ``models/testbed/dvc.yaml`` (outside the top-level dvc.yaml, so the
+default ``dvc repro`` never retrains it). Rerun: ``dvc unfreeze models/testbed/dvc.yaml:testbed &&
+dvc repro models/testbed/dvc.yaml:testbed``, or directly ``python -m pipelines.testbed``.
 """
 
 from __future__ import annotations
@@ -269,7 +271,8 @@ that sound dangerous: the over-refusal EDS is meant to fix. Load it with `model.
 Rates are refusal rates in [0, 1]. MMLU: a 135M model answers at about chance (25%) before and after,
 so this row shows the tuning did not break letter scoring, not that it kept a real ability; the
 self-distillation on Alpaca is what protects general behaviour. Every figure is in `metrics.json` and in MLflow (stage `testbed`).
-Reproduce: `python -m pipelines.testbed`.
+Reproduce: `dvc unfreeze models/testbed/dvc.yaml:testbed && dvc repro models/testbed/dvc.yaml:testbed`
+(or `python -m pipelines.testbed`).
 
 Base model: SmolLM2-135M-Instruct (Apache-2.0). Training prompts: AdvBench (MIT), OR-Bench (CC-BY-4.0),
 Alpaca (CC-BY-NC-4.0: non-commercial).
