@@ -20,6 +20,12 @@ per-layer read a strided gather over every chunk. Activations barely compress (s
 recorded in the manifest. A rerun with the same key (inputs, model, dtype, shard plan) keeps
 every shard whose checksum matches (or, if the kill fell between rename and manifest update,
 that opens with the expected rows) and writes only the others: no duplicate, no torn file.
+
+**Integrity.** A reader trusts nothing it has not checked against the manifest: opening a store
+checks the index's sha256 and that every index row points inside an existing shard; the first
+read of a shard checks its sha256 (a truncated or bit-flipped shard is an error naming it); every
+read rejects non-finite values, naming the layer and row. Nothing here unpickles: item ids are
+HDF5 variable-length strings, the index is parquet, the manifest JSON.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eds.records import atomic_output, atomic_write_json, atomic_write_parquet, file_sha256
+from eds.records import atomic_output, atomic_write_json, atomic_write_parquet, file_sha256, remove_stale_temps
 
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
@@ -154,6 +161,7 @@ class ActivationWriter:
         missing = self.pending()
         if missing:
             raise StoreError(f"{self.folder}: shards not written: {missing}")
+        remove_stale_temps(self.folder)  # a torn temporary shard of a killed run is not part of the store
         flat = [item for items in self.shard_items for item in items]
         if [row["item_id"] for row in index_rows] != flat:
             raise StoreError("index rows do not match the shard plan (order or ids differ)")
@@ -193,7 +201,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 class ActivationStore:
-    """Read access to a complete store: the index, and activations by layer and row."""
+    """Read access to a complete store: the index, and activations by layer and row.
+
+    Opening checks the index against the manifest (its sha256, and that every row points at an
+    existing shard and an offset inside it); the first read of each shard checks that shard's
+    sha256, so a truncated or modified shard is an error naming it, never silent garbage; every
+    read checks that the values are finite and names the row and layer of the first that is not.
+    ``verify=True`` also checks every shard and the item ids up front (:meth:`verify`).
+    """
 
     def __init__(self, folder: str | Path, verify: bool = False) -> None:
         self.folder = Path(folder)
@@ -206,19 +221,40 @@ class ActivationStore:
         self.n_layers = int(manifest["n_layers"])
         self.hidden_size = int(manifest["hidden_size"])
         self.shard_sizes = [int(n) for n in manifest["shard_sizes"]]
-        self.index: list[dict[str, Any]] = pq.read_table(self.folder / INDEX).to_pylist()
+        index_path = self.folder / INDEX
+        try:
+            self.index: list[dict[str, Any]] = pq.read_table(index_path).to_pylist()
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"{index_path}: unreadable index ({err}); rerun the extract stage") from None
+        check_index_layout(self.index, self.shard_sizes, index_path)
+        if file_sha256(index_path) != manifest.get("index_sha256"):
+            raise StoreError(
+                f"{index_path}: sha256 checksum mismatch with {MANIFEST} (modified?); rerun the extract stage"
+            )
+        self._verified: set[int] = set()
         if verify:
             self.verify()
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def verify_shard(self, shard: int) -> None:
+        """Check one shard's sha256 against the manifest (once per store object)."""
+        if shard in self._verified:
+            return
+        path = self.folder / shard_name(shard)
+        if not path.is_file():
+            raise StoreError(f"{path}: shard missing; rerun the extract stage")
+        if file_sha256(path) != self.manifest.get("shards", {}).get(path.name):
+            raise StoreError(
+                f"{path}: sha256 checksum mismatch with {MANIFEST} (truncated or corrupt shard); rerun the extract stage"
+            )
+        self._verified.add(shard)
+
     def verify(self) -> None:
         """Check every shard's and the index's sha256 against the manifest, and their shapes."""
         for i in range(len(self.shard_sizes)):
-            path = self.folder / shard_name(i)
-            if not path.is_file() or file_sha256(path) != self.manifest["shards"].get(path.name):
-                raise StoreError(f"{path}: missing or checksum mismatch")
+            self.verify_shard(i)
         if file_sha256(self.folder / INDEX) != self.manifest.get("index_sha256"):
             raise StoreError(f"{self.folder / INDEX}: checksum mismatch")
         check_index(self)
@@ -239,6 +275,9 @@ class ActivationStore:
         layers = list(range(self.n_layers)) if layers is None else list(layers)
         if any(not 0 <= layer < self.n_layers for layer in layers):
             raise IndexError(f"layers must be in [0, {self.n_layers}), got {layers}")
+        outside = [row for row in rows if not 0 <= row < len(self.index)]
+        if outside:
+            raise IndexError(f"rows must be in [0, {len(self.index)}), got {outside[:5]}")
         out: np.ndarray | None = None
         by_shard: dict[int, list[tuple[int, int]]] = {}
         for position, row in enumerate(rows):
@@ -247,6 +286,7 @@ class ActivationStore:
         for shard, pairs in sorted(by_shard.items()):
             positions = np.array([p for p, _ in pairs])
             offsets = np.array([o for _, o in pairs])
+            self.verify_shard(shard)
             with h5py.File(self.folder / shard_name(shard), "r") as handle:
                 dataset = handle["h"]
                 if out is None:
@@ -256,11 +296,52 @@ class ActivationStore:
         if out is None:
             dtype = DTYPES[str(self.manifest.get("dtype", "float32"))]
             out = np.empty((len(layers), 0, self.hidden_size), dtype=dtype)
+        self._check_finite(out, rows, layers)
         return out
+
+    def _check_finite(self, out: np.ndarray, rows: Sequence[int], layers: Sequence[int]) -> None:
+        finite = np.isfinite(out).all(axis=-1)  # [layers, rows]
+        if finite.all():
+            return
+        j, p = (int(x[0]) for x in np.nonzero(~finite))
+        entry = self.index[rows[p]]
+        raise StoreError(
+            f"{self.folder}: non-finite activation at layer {layers[j]}, row {rows[p]} (item {entry.get('item_id')}, "
+            f"{shard_name(int(entry['shard']))} offset {entry['offset']}); {int((~finite).sum())} (layer, row) pairs "
+            "affected; rerun the extract stage (extract.dtype: float32 if float16 overflows)"
+        )
 
     def read_layer(self, layer: int, rows: Sequence[int] | None = None) -> np.ndarray:
         """``[len(rows), hidden]`` of one layer."""
         return self.read(rows, [layer])[0]
+
+
+def check_index_layout(index: Sequence[dict[str, Any]], shard_sizes: Sequence[int], source: Path | str = INDEX) -> None:
+    """Without reading any shard: rows numbered ``0..n-1``, each pointing at an existing shard and an
+    offset inside it, every (shard, offset) used once, and as many rows as the shards hold."""
+    seen: dict[tuple[int, int], int] = {}
+    for position, entry in enumerate(index):
+        try:
+            row, shard, offset = int(entry["row"]), int(entry["shard"]), int(entry["offset"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreError(f"{source}: index row {position} lacks a valid row/shard/offset ({err!r})") from None
+        if row != position:
+            raise StoreError(f"{source}: index row {position} is numbered {row}; rows must be 0..n-1 in order")
+        if not 0 <= shard < len(shard_sizes):
+            raise StoreError(
+                f"{source}: index row {row} points at shard {shard}, but the store has {len(shard_sizes)} shards"
+            )
+        if not 0 <= offset < shard_sizes[shard]:
+            raise StoreError(
+                f"{source}: index row {row} points at offset {offset}, past the end of {shard_name(shard)} "
+                f"({shard_sizes[shard]} rows)"
+            )
+        if (shard, offset) in seen:
+            first = seen[(shard, offset)]
+            raise StoreError(f"{source}: index rows {first} and {row} both point at {shard_name(shard)} offset {offset}")
+        seen[(shard, offset)] = row
+    if len(index) != sum(shard_sizes):
+        raise StoreError(f"{source}: index has {len(index)} rows, the shards hold {sum(shard_sizes)}")
 
 
 def check_index(store: ActivationStore) -> None:
@@ -289,5 +370,6 @@ __all__ = [
     "MANIFEST",
     "StoreError",
     "check_index",
+    "check_index_layout",
     "shard_name",
 ]

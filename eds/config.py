@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,9 +43,9 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, objects are immutable."""
+    """Base of every config section: unknown keys are errors, floats are finite, objects are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True, allow_inf_nan=False)
 
 
 class ProjectConfig(Section):
@@ -244,12 +244,6 @@ class TestbedConfig(Section):
     lora: TestbedLora = TestbedLora()
     eval: TestbedEval = TestbedEval()
 
-OUT = Path("models/testbed")
-ADAPTER = OUT / "adapter"
-DISTILL_CACHE = Path("data/testbed/distill.parquet")
-EVAL_CACHE = Path("data/testbed/eval")
-EVAL_SETS = ("orb_h", "xstest", "jbb_harmful", "jbb_benign", "harmbench")
-
 
 class TrackingConfig(Section):
     enabled: StrictBool = True
@@ -353,7 +347,9 @@ def load(path: str | Path = "params.yaml", check_paths: bool = True) -> Params:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     return parse(raw or {}, source=str(path), check_paths=check_paths)
 
 
@@ -390,6 +386,39 @@ def check_paths_exist(params: Params, source: str = "params.yaml") -> None:
     for index, path in enumerate(params.splits.exclude):
         if not Path(path).expanduser().is_file():
             problems.append(f"{source}: splits.exclude.{index}: exclusion file not found: {path}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+# Params that index the model's decoder layers (``select.k`` counts them). Their range is known
+# only once a model or an activation store is at hand, so the stages that use them call
+# :func:`check_layers` before any work (select: ``select.k``; evaluate: the others).
+LAYER_KEYS = ("select.k", "steer.layers", "evaluate.ablation_layer", "evaluate.generalisation.layer")
+
+
+def check_layers(
+    params: Params, n_layers: int, keys: Sequence[str] = LAYER_KEYS, source: str = "params.yaml"
+) -> None:
+    """Raise one :class:`ConfigError` naming every layer param in ``keys`` that does not fit a
+    model of ``n_layers`` decoder layers (layers are numbered ``0..n_layers-1``)."""
+    unknown = set(keys) - set(LAYER_KEYS)
+    if unknown:
+        raise ValueError(f"not layer params: {sorted(unknown)}; known: {', '.join(LAYER_KEYS)}")
+    span = f"the model has {n_layers} layers (0..{n_layers - 1})"
+    problems = []
+    if "select.k" in keys and params.select.k > n_layers:
+        problems.append(f"{source}: select.k: {params.select.k} is more than the model's {n_layers} layers")
+    if "steer.layers" in keys:
+        outside = [layer for layer in params.steer.layers or () if layer >= n_layers]
+        if outside:
+            problems.append(f"{source}: steer.layers: {outside} out of range: {span}")
+    single = {
+        "evaluate.ablation_layer": params.evaluate.ablation_layer,
+        "evaluate.generalisation.layer": params.evaluate.generalisation.layer,
+    }
+    for key, layer in single.items():
+        if key in keys and layer is not None and layer >= n_layers:
+            problems.append(f"{source}: {key}: layer {layer} out of range: {span}")
     if problems:
         raise ConfigError("\n".join(problems))
 

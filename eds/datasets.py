@@ -241,16 +241,36 @@ def read_local(path: Path) -> list[dict[str, Any]]:
     """Rows of a local CSV, JSON Lines or parquet file, with the columns as stored."""
     if not path.is_file():
         raise DatasetUnavailable(f"local benchmark file not found: {path}")
+    if path.suffix in (".jsonl", ".csv"):
+        try:
+            text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is dropped
+        except UnicodeDecodeError as err:
+            raise DatasetUnavailable(
+                f"{path}: not valid UTF-8 (byte {err.start}: {err.reason}); re-save the file as UTF-8"
+            ) from None
     if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise DatasetUnavailable(f"{path}: line {number} is not valid JSON: {err}") from None
+            if not isinstance(rows[-1], dict):
+                raise DatasetUnavailable(f"{path}: line {number} is not a JSON object")
+        return rows
     if path.suffix == ".csv":
+        import io
+
         import pandas as pd
 
         try:
-            frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+            frame = pd.read_csv(io.StringIO(text), keep_default_na=False, dtype=str)
         except pd.errors.EmptyDataError:  # a 0-byte file: no header, no rows
             return []
+        except pd.errors.ParserError as err:
+            raise DatasetUnavailable(f"{path}: malformed CSV: {err}") from None
         return frame.to_dict("records")
     if path.suffix == ".parquet":
         import pyarrow as pa
@@ -322,16 +342,43 @@ def _choices(row: Row, spec: BenchmarkSpec, cols: Columns) -> tuple[tuple[str, .
     return tuple(map(str, raw)), int(answer)
 
 
+def check_text(value: Any, item_id: str, column: str) -> str:
+    """The prompt/question text of a row, or :class:`DatasetUnavailable` naming the item.
+
+    Policy: a missing (null) text, or one with no printable character (empty, whitespace or only
+    control characters), is an error, as is text that cannot be encoded as UTF-8 (a lone surrogate
+    from a JSON ``\\ud800`` escape). Control characters inside otherwise printable text are kept
+    verbatim (57 MMLU questions have some); over-long text is truncated later, at tokenisation
+    (``generate.max_prompt_tokens``, see :mod:`eds.generation`).
+    """
+    if value is None:
+        raise DatasetUnavailable(f"item {item_id}: column {column!r} is null (no prompt text)")
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DatasetUnavailable(
+            f"item {item_id}: column {column!r} is not valid UTF-8 text ({err.reason} at character {err.start})"
+        ) from None
+    if not any(unicodedata.category(char)[0] not in "CZ" for char in text):
+        shown = repr(text[:40]) + ("..." if len(text) > 40 else "")
+        raise DatasetUnavailable(f"item {item_id}: empty prompt in column {column!r} (no printable character: {shown})")
+    return text
+
+
 def to_item(row: Row, index: int, spec: BenchmarkSpec, source: str) -> Item | None:
     """Map one raw row to a typed item (None when the row is not part of this benchmark)."""
     cols = spec.cols(source)
-    text = str(_require(row, cols.text, spec))
+    item_id = f"{spec.name}:{index:05d}"
+    raw_text = _require(row, cols.text, spec)
     category = None if cols.category is None else row.get(cols.category)
     category = None if category in (None, "") else str(category)
-    item_id = f"{spec.name}:{index:05d}"
     if spec.kind == "prompts":
         prompt_type = _prompt_type(row, spec, cols)
-        return None if prompt_type is None else PromptItem(item_id, spec.name, text, prompt_type, category)
+        if prompt_type is None:  # e.g. a CARES row of harmful_level 1: not part of this benchmark
+            return None
+        return PromptItem(item_id, spec.name, check_text(raw_text, item_id, cols.text), prompt_type, category)
+    text = check_text(raw_text, item_id, cols.text)
     if spec.kind == "multiple_choice":
         choices, answer = _choices(row, spec, cols)
         return ChoiceItem(item_id, spec.name, text, choices, answer, category)

@@ -26,9 +26,9 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 class _Section(BaseModel):
-    """Same rules as eds.config.Section: unknown keys are errors, objects are immutable."""
+    """Same rules as eds.config.Section: unknown keys are errors, floats are finite, objects are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True, allow_inf_nan=False)
 
 
 class SteerConfig(_Section):

@@ -18,7 +18,6 @@ lm-eval context).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +190,8 @@ class ResponseStore:
     def save(self, variant: str, task: str, key: str, rows: Sequence[Row], extra: Mapping[str, Any] | None = None) -> None:
         """Rows first, then the sidecar: a kill between the two leaves a pair that is redone."""
         atomic_write_parquet(self.path(variant, task), list(rows))
-        meta = {"key": key, "variant": variant, "task": task, "n": len(rows), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                **(extra or {})}
+        # No wall-clock time here: data/eval is a DVC output, and a resumed run must hash like a fresh one.
+        meta = {"key": key, "variant": variant, "task": task, "n": len(rows), **(extra or {})}
         atomic_write_json(self.meta_path(variant, task), meta)
 
 

@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from eds.models import format_chat
+from eds.records import atomic_dir
 
 IGNORE = -100
 
@@ -132,12 +133,14 @@ def train_lora(
 def save_adapter(peft_model: PreTrainedModel, folder: str | Path, dtype: torch.dtype = torch.float16) -> int:
     """Save the adapter (safetensors) with its weights cast to ``dtype``; returns bytes on disk."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for name, param in peft_model.named_parameters():
         if "lora_" in name:
             param.data = param.data.to(dtype)
-    peft_model.save_pretrained(folder, safe_serialization=True)
-    for name, param in peft_model.named_parameters():
-        if "lora_" in name:
-            param.data = param.data.float()
+    try:
+        with atomic_dir(folder) as tmp:  # a kill mid-save leaves the previous adapter whole
+            peft_model.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())

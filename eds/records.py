@@ -1,9 +1,12 @@
 """Atomic writes and resumable sharded record tables (parquet).
 
 Every artifact is written to a temporary file in the same folder and renamed into place, so a
-kill leaves either the old file or the new one, never a torn one. :class:`ShardedTable` is the
-resume unit of the long stages: a folder of ``shard-NNNNN.parquet`` files plus a manifest with
-the fingerprint of the inputs; a rerun keeps complete shards whose fingerprint matches.
+kill leaves either the old file or the new one, never a torn one (only a hidden
+``.<name>.<random>.tmp`` beside it, which the sharded writers and :func:`atomic_dir` remove on
+their next run, so that no stray file ends up inside an output folder).
+:class:`ShardedTable` is the resume unit of the long stages: a folder of ``shard-NNNNN.parquet``
+files plus a manifest with the fingerprint of the inputs; a rerun keeps complete shards whose
+fingerprint matches, so a killed-then-resumed run ends with the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,30 @@ def _tmp_path(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def is_temp_name(name: str) -> bool:
+    """A name the atomic writers below give their temporary files and folders (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Delete temporary files and folders a killed writer left in ``folder``; returns what was removed.
+
+    Call it only where no other writer can be active in ``folder`` (a stage's single process, or
+    after every shard is written), since another process's in-flight temporary file looks the same.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    stale = sorted((p for p in found if is_temp_name(p.name)), key=lambda p: len(p.parts), reverse=True)
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -73,6 +101,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a writer killed mid-way
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.parent / f".{path.name}.old"
     try:
@@ -168,6 +198,7 @@ class ShardedTable:
         missing = self.pending()
         if missing:
             raise RuntimeError(f"{self.folder}: shards not written: {missing}")
+        remove_stale_temps(self.folder)  # a torn temporary shard of a killed run is not part of the output
         manifest = {"key": self.key, "shard_sizes": self.shard_sizes, "complete": True, **(extra or {})}
         manifest["sha256"] = {self.shard_path(i).name: file_sha256(self.shard_path(i)) for i in range(len(self.shard_sizes))}
         atomic_write_json(self.folder / MANIFEST, manifest)

@@ -6,7 +6,8 @@ hash of ``dvc.lock``, the steering settings ``eta``/``steps``/``layers`` when th
 them, and any tags an orchestrator passes as a JSON object in ``$EDS_RUN_TAGS`` (the Prefect
 variants flow sets ``variant``, ``override.<key>``, ``sweep`` and the flow run id there). The
 default store is ``sqlite:///mlflow.db`` in the repository.
-Secrets never reach MLflow: keys that look like tokens or passwords are dropped from params.
+Secrets never reach MLflow: keys that look like tokens or passwords, and values that look like
+a Hugging Face or API token, are dropped from params and tags (``$EDS_RUN_TAGS`` included).
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def env_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         parsed = json.loads(raw)
     except ValueError:
         parsed = None
-    if not isinstance(parsed, dict):
-        log.warning("ignoring %s: not a JSON object: %.200s", RUN_TAGS_ENV, raw)
+    if not isinstance(parsed, dict):  # its text is not logged: it may hold a secret
+        log.warning("ignoring %s: not a JSON object (%d characters)", RUN_TAGS_ENV, len(raw))
         return {}
     return {str(k): _tag_value(v) for k, v in parsed.items() if v is not None}
 
@@ -130,7 +131,7 @@ def run_tags(params: Params, stage: str, extra: Mapping[str, Any] | None = None)
     tags.update(steering_tags(params.model_dump(mode="json")))
     tags.update(env_tags())
     tags.update({str(k): _tag_value(v) for k, v in (extra or {}).items() if v is not None})
-    return tags
+    return {k: v[:MAX_TAG_CHARS] for k, v in redact(tags).items()}  # tags get the params' secret filter too
 
 
 class StageRun:

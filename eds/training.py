@@ -31,6 +31,10 @@ against every validation bad, dropout off) updates the layer's best checkpoint; 
 loss has not improved for ``patience`` epochs is frozen at its best (later epochs no longer
 change its result), and training ends when every layer is frozen or the epochs run out.
 
+**Failures are loud.** A non-finite input value is an error naming its layer and row, and a
+loss that becomes NaN or inf stops training with :class:`TrainingError` naming the epoch and
+layers, so a diverged EBM is never returned (and the train stage saves nothing).
+
 **Standardisation** (optional): per-layer, per-dimension mean and std of the training rows
 (both classes), stored as the EBM's ``mean``/``std`` buffers and applied inside its forward,
 so scoring and steering apply the identical transform.
@@ -50,6 +54,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from eds.ebm import EBMSpec, EnergyMLP
 
 EpochCallback = Callable[[int, dict[int, float], dict[int, float]], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot produce a usable EBM (non-finite inputs, or a loss that became NaN/inf)."""
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -214,6 +222,7 @@ def _train_layers(
         raise ValueError(f"{len(layer_ids)} layer ids for {n_layers} layers of features")
     if features.shape[-1] != spec.input_dim:
         raise ValueError(f"features have {features.shape[-1]} dims, the EBM spec reads {spec.input_dim}")
+    check_finite_features(features, layer_ids)
     good = good.bool()
     train_good, train_bad = train_rows[good[train_rows]], train_rows[~good[train_rows]]
     val_good, val_bad = val_rows[good[val_rows]], val_rows[~good[val_rows]]
@@ -269,6 +278,7 @@ def _train_layers(
             base.eval()
             with torch.no_grad():
                 val_loss = info_nce(batched(params, buffers, x_val_good), batched(params, buffers, x_val_bad), settings.tau).cpu()
+            check_finite_loss(epoch, layer_ids, train_loss, val_loss, settings)
             epochs_run = epoch
             improved = (val_loss < best_loss) & ~frozen
             on_device = improved.to(device)
@@ -304,6 +314,32 @@ def _train_layers(
     ]
 
 
+def check_finite_features(features: torch.Tensor, layer_ids: Sequence[int]) -> None:
+    """Raise :class:`TrainingError` naming the layer and row of the first non-finite input value."""
+    for i, layer_states in enumerate(features):  # one layer at a time: no [L, N, H] boolean copy
+        finite = torch.isfinite(layer_states).all(dim=-1)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten()
+            raise TrainingError(
+                f"non-finite activations at layer {layer_ids[i]}, row {int(rows[0])} ({len(rows)} rows of that layer "
+                "affected); re-extract the activations"
+            )
+
+
+def check_finite_loss(
+    epoch: int, layer_ids: Sequence[int], train_loss: torch.Tensor, val_loss: torch.Tensor, settings: TrainSettings
+) -> None:
+    """Stop on a NaN/inf loss (nothing is saved): a diverged EBM is not a result."""
+    losses = zip(layer_ids, train_loss.tolist(), val_loss.tolist())
+    bad = [layer for layer, train, val in losses if not (math.isfinite(train) and math.isfinite(val))]
+    if bad:
+        raise TrainingError(
+            f"the InfoNCE loss became non-finite (NaN/inf) at epoch {epoch} for layer(s) {bad} "
+            f"(lr {settings.lr:g}, tau {settings.tau:g}, standardize {settings.standardize}); lower train.lr, "
+            "keep train.standardize on, or check the activations"
+        )
+
+
 def build_ebm(spec: EBMSpec, state_dict: dict[str, torch.Tensor]) -> EnergyMLP:
     """An :class:`EnergyMLP` in eval mode holding a trained state dict."""
     model = EnergyMLP(spec)
@@ -314,8 +350,11 @@ def build_ebm(spec: EBMSpec, state_dict: dict[str, torch.Tensor]) -> EnergyMLP:
 __all__ = [
     "LayerResult",
     "TrainSettings",
+    "TrainingError",
     "balanced_batches",
     "build_ebm",
+    "check_finite_features",
+    "check_finite_loss",
     "info_nce",
     "info_nce_per_example",
     "info_nce_reference",

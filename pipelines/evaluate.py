@@ -42,13 +42,14 @@ from eds.evaluation import ResponseStore, TaskScore, needs_rejudge, pair_key, re
 from eds.judge import build_judge, label_pair
 from eds.metrics import Rate
 from eds.models import LoadedModel, describe, load_model
-from eds.records import atomic_write_bytes, atomic_write_json
+from eds.records import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from eds.splits import TRAINING_SPLITS, keys_of, load_exclusions, read_splits
 from eds.tracking import StageRun, run_tags, stage_run
 from pipelines.paths import (
     ACTIVATIONS,
     EBM_DIR,
     EVAL_CACHE,
+    EVAL_DIR,
     EVAL_GENERALISATION,
     EVAL_METRICS,
     EVAL_RESPONSES,
@@ -254,8 +255,21 @@ def run(params: Params, force_rejudge: bool = False) -> dict[str, Any]:
         return _run(params, force_rejudge)
 
 
+def check_layer_params(params: Params, activations: Path = ACTIVATIONS) -> None:
+    """``steer.layers``, ``evaluate.ablation_layer`` and ``evaluate.generalisation.layer`` against the
+    layer count of the activation store (the model's), before any model loads; no store: no check."""
+    from eds.config import check_layers
+
+    try:
+        n_layers = int(json.loads((activations / "manifest.json").read_text(encoding="utf-8"))["n_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    check_layers(params, n_layers, keys=("steer.layers", "evaluate.ablation_layer", "evaluate.generalisation.layer"))
+
+
 def _run(params: Params, force_rejudge: bool) -> dict[str, Any]:
     cfg = params.evaluate
+    check_layer_params(params)
     selection = read_selection()
     if not selection and not params.steer.layers and set(cfg.variants) & {"eds", "mean_diff", "ablation"}:
         raise FileNotFoundError(f"{SELECTION}: no selected layers for the steered variants; run the select stage first")
@@ -280,6 +294,7 @@ def _run(params: Params, force_rejudge: bool) -> dict[str, Any]:
         elif cfg.generalisation.enabled:
             gen["note"] = f"needs the unsteered variant ({BASELINE!r}) for target labels"
         atomic_write_json(EVAL_GENERALISATION, gen)
+        remove_stale_temps(EVAL_DIR, recursive=True)  # torn temporaries of a killed run: not part of the output
         log_variant_runs(params, run_log, variants, scores, deltas)
         run_log.log_metrics({"n_variants": len(variants), "n_tasks": len(scores)})
     unavailable = {n: t.unavailable for n, t in tasks.items() if not t.available}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from eds.activation_store import ActivationStore
-from eds.config import ConfigError, Params
+from eds.config import ConfigError, Params, check_layers
 from eds.ebm import ebm_stem, load_ebm
 from eds.records import atomic_write_bytes, atomic_write_json
 from eds.selection import LayerScore, plot_layer_scores, rank_layers, score_layer, scores_csv, select_top_k
@@ -60,9 +60,8 @@ def score_layers(store: ActivationStore, layers: list[int], rows: list[int], pai
 def run(params: Params) -> dict[str, Any]:
     cfg = params.select
     store = ActivationStore(ACTIVATIONS)
+    check_layers(params, store.n_layers, keys=("select.k",))
     layers, ebms = ebm_layers()
-    if cfg.k > store.n_layers:
-        raise ConfigError(f"params.yaml: select.k: {cfg.k} is more than the model's {store.n_layers} layers")
     if cfg.k > len(layers):
         raise ConfigError(f"params.yaml: select.k: {cfg.k} is more than the {len(layers)} trained EBMs")
     val_rows = store.rows_where(split="val")

@@ -35,6 +35,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
+from eds.records import atomic_write_bytes
 from pipelines.flow import StageFailed, _dvc_executable, retry_transient, run_streamed
 
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -78,8 +79,8 @@ def dvc_experiment(
     """Restore the base params files, then ``dvc exp run`` one variant; returns its experiment name."""
     logger = get_run_logger()
     root = Path(workspace)
-    for name, text in base.items():
-        (root / name).write_text(text, encoding="utf-8")
+    for name, text in base.items():  # atomic: a kill here must not leave a torn params file
+        atomic_write_bytes(root / name, text.encode("utf-8"))
     cmd = [_dvc_executable(), "exp", "run", *targets, *override_args(overrides)]
     code, lines = run_streamed(cmd, workspace, logger, {"EDS_RUN_TAGS": json.dumps(tags)})
     if code != 0:
