@@ -44,14 +44,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from eds.ebm import EBMSpec, EnergyMLP
+from eds.env import cpu_threads
 
 EpochCallback = Callable[[int, dict[int, float], dict[int, float]], None]
 
@@ -173,19 +173,6 @@ class LayerResult:
     val_loss: list[float] = field(default_factory=list)
 
 
-@contextmanager
-def _cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads, then restore. The EBM matmuls are small: on a busy
-    2-core machine two OpenMP threads were measured 10x slower than one (spin-waiting)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_layers(
     features: torch.Tensor,
     good: torch.Tensor,
@@ -202,7 +189,7 @@ def train_layers(
     ``layer_ids`` names the L layers (for seeds and results; default ``0..L-1``).
     ``on_epoch(epoch, train_loss_by_layer, val_loss_by_layer)`` is called after every epoch.
     """
-    with _cpu_threads(settings.threads if torch.device(settings.device).type == "cpu" else None):
+    with cpu_threads(settings.threads if torch.device(settings.device).type == "cpu" else None):
         return _train_layers(features, good, train_rows, val_rows, spec, settings, layer_ids, on_epoch)
 
 

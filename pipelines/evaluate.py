@@ -27,14 +27,14 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eds.config import Params
+from eds.env import cpu_threads
 from eds.eval_tasks import TASKS, TaskItems, assert_disjoint, load_task
 from eds.eval_variants import SteeringArtifacts, Variant, build_steerer, build_variants
 from eds.eval_results import BASELINE, flat_metrics, pareto_csv, results_document, score_all, settings_of
@@ -234,20 +234,6 @@ def log_variant_runs(params: Params, run_log: StageRun, variants: Sequence[Varia
 
 
 # ------------------------------------------------------------------------------ the stage
-
-
-@contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op CPU threads, then restore (None: leave torch's setting)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run(params: Params, force_rejudge: bool = False) -> dict[str, Any]:

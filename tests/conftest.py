@@ -70,11 +70,16 @@ def tracked_files() -> list[str]:
     return [f for f in files if (REPO / f).is_file() and not f.startswith(outputs)]
 
 
-def write_params(folder: Path, overrides: dict[str, Any]) -> None:
+def write_params(folder: Path, *overrides: dict[str, Any]) -> Path:
+    """``folder``/params.yaml: the repo's params.yaml deep-merged with each of ``overrides`` in turn."""
     from eds.config import deep_merge
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    (folder / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, overrides), sort_keys=False), encoding="utf-8")
+    for layer in overrides:
+        raw = deep_merge(raw, layer)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return folder
 
 
 SMALL_RUN: dict[str, Any] = {

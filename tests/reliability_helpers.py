@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from conftest import REPO
+from conftest import write_params
 
 # A project small enough for in-process stage runs: no MLflow, tiny EBMs.
 TINY_PROJECT: dict[str, Any] = {
@@ -30,14 +29,7 @@ TINY_PROJECT: dict[str, Any] = {
 
 def write_project(folder: Path, model_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
     """``folder`` with a params.yaml (the repo's, with :data:`TINY_PROJECT` and ``overrides``)."""
-    from eds.config import deep_merge
-
-    folder.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params = deep_merge(deep_merge(raw, TINY_PROJECT), {"model": {"id": str(model_dir)}})
-    params = deep_merge(params, overrides or {})
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return folder
+    return write_params(folder, TINY_PROJECT, {"model": {"id": str(model_dir)}}, overrides or {})
 
 
 def run_stage_in(folder: Path, stage: str) -> dict[str, Any]:

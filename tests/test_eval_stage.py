@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from conftest import REPO
+from conftest import write_params
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +40,8 @@ TINY: dict[str, Any] = {
 VARIANTS = ["none", "system_prompt", "eds", "mean_diff", "ablation", "eds_eta2_s2"]
 
 
-def write_params(folder: Path, model_dir: Path, overrides: dict[str, Any] | None = None) -> None:
-    from eds.config import deep_merge
-
-    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params = deep_merge(deep_merge(raw, TINY), {"model": {"id": str(model_dir)}, **(overrides or {})})
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+def write_tiny_params(folder: Path, model_dir: Path, overrides: dict[str, Any] | None = None) -> None:
+    write_params(folder, TINY, {"model": {"id": str(model_dir)}}, overrides or {})
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +52,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
     from pipelines.registry import run_stage
 
     folder = tmp_path_factory.mktemp("eval-project")
-    write_params(folder, tiny_model_dir)
+    write_tiny_params(folder, tiny_model_dir)
     before = Path.cwd()
     threads = torch.get_num_threads()
     os.chdir(folder)
@@ -129,12 +124,12 @@ def test_training_prompt_leak_fails_the_stage(project: Path, tiny_model_dir: Pat
 
     leaked = [i for i in load("demo_eval") if i.prompt_type == "harmful"][:50]
     write_exclusions(project / "leak.json", leaked)
-    write_params(project, tiny_model_dir, {"splits": {"exclude": ["leak.json"]}})
+    write_tiny_params(project, tiny_model_dir, {"splits": {"exclude": ["leak.json"]}})
     try:
         with pytest.raises(SplitLeakError, match="task demo_harmful"):
             run_stage("evaluate")
     finally:
-        write_params(project, tiny_model_dir)
+        write_tiny_params(project, tiny_model_dir)
 
 
 def test_sweep_is_nested_mlflow_runs(project: Path) -> None:

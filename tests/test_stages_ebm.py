@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import BIN, REPO, run_in
+from conftest import BIN, REPO, run_in, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,7 @@ TINY_RUN: dict[str, Any] = {
 
 def make_project(folder: Path, model_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
     """A folder with a params.yaml for the tiny model (no git, no DVC: stages run directly)."""
-    from eds.config import deep_merge
-
-    folder.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params = deep_merge(deep_merge(raw, TINY_RUN), {"model": {"id": str(model_dir), "adapter": None}, **(overrides or {})})
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return folder
+    return write_params(folder, TINY_RUN, {"model": {"id": str(model_dir), "adapter": None}}, overrides or {})
 
 
 def test_paths_and_stage_order_agree_with_dvc_yaml() -> None:
