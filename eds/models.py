@@ -21,6 +21,7 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from eds.config import EMBEDDED_PREFIX, ModelConfig
+from eds.records import DIR_MODE
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     target.load_state_dict(source.state_dict())
     target.generation_config = source.generation_config
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    tmp.chmod(DIR_MODE)  # mkdtemp makes it owner-only; a shared cache should read like any folder
     try:
         target.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

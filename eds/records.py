@@ -28,9 +28,21 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give: mkstemp/mkdtemp make owner-only 0600/0700
+DIR_MODE = 0o777 & ~_UMASK
+
+
 def _tmp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     return Path(tmp)
 
@@ -104,6 +116,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a writer killed mid-way
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(DIR_MODE)
     old = path.parent / f".{path.name}.old"
     try:
         yield tmp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,6 +15,8 @@ from eds.records import (
     ShardedTable,
     atomic_write_bytes,
     atomic_write_json,
+    atomic_dir,
+    atomic_output,
     atomic_write_parquet,
     chunks,
     fingerprint,
@@ -200,3 +203,17 @@ def test_fingerprint() -> None:
 def test_chunks() -> None:
     assert [list(c) for c in chunks(list(range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(chunks([], 3)) == []
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Artifacts get the modes open()/mkdir() would give under the umask (mkstemp alone gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    with atomic_output(tmp_path / "b.bin") as tmp:
+        tmp.write_bytes(b"y")
+    with atomic_dir(tmp_path / "folder") as folder:
+        (folder / "c.txt").write_text("z")
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
