@@ -195,6 +195,23 @@ class ResponseStore:
         atomic_write_json(self.meta_path(variant, task), meta)
 
 
+    def prune(self, keep: set[tuple[str, str]]) -> list[Path]:
+        """Delete the stored pairs not in ``keep`` (variant, task): what a former configuration left.
+
+        ``data/eval`` persists across runs (resume), so without this its DVC hash would depend on
+        the history of configurations rather than on the current one.
+        """
+        removed = []
+        for path in sorted(self.root.glob("*/*.parquet")) + sorted(self.root.glob("*/*.json")):
+            if (path.parent.name, path.stem) not in keep:
+                path.unlink()
+                removed.append(path)
+        for folder in self.root.glob("*/"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
+
+
 def pair_key(task: EvalTask, items: Sequence[Item], variant: Mapping[str, Any], artifacts: Mapping[str, Any],
              model: Mapping[str, Any], decoding: Decoding, mc_batch_size: int) -> str:
     """Fingerprint of everything a (variant, task) pair's responses depend on (not the judge)."""

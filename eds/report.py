@@ -29,7 +29,6 @@ class ReportData:
     samples: list[dict[str, Any]] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)  # caption -> path relative to the report
     params_yaml: str = ""
-    created: str = ""
     lm_eval_agreement: dict[str, Any] | None = None
 
 
@@ -214,7 +213,7 @@ def render_markdown(data: ReportData) -> str:
         "# EDS evaluation report",
         "",
         f"Model: `{r['model']}` · judge: `{r['judge']['name']}` · profile: `{r['profile']}` · steered layers: "
-        f"{r.get('selected_layers')} · generated {data.created}",
+        f"{r.get('selected_layers')}",
         "",
         "## Verdict",
         "",
@@ -302,7 +301,7 @@ def render_html(data: ReportData) -> str:
     body = [
         "<h1>EDS evaluation report</h1>",
         f"<p>Model: <code>{_e(r['model'])}</code> · judge: <code>{_e(r['judge']['name'])}</code> · profile: "
-        f"<code>{_e(r['profile'])}</code> · steered layers: {_e(r.get('selected_layers'))} · generated {_e(data.created)}</p>",
+        f"<code>{_e(r['profile'])}</code> · steered layers: {_e(r.get('selected_layers'))}</p>",
         f'<h2>Verdict</h2><p class="verdict {klass}" id="verdict">{_e(headline(r))}</p>',
         "<h2>Scores (95% bootstrap intervals)</h2>",
         "<p>Compliance = 1 - refusal rate on benign prompts; refusal = refusal rate on harmful prompts (1 - attack "

@@ -147,6 +147,8 @@ def run_variants(
                 store.save(variant.name, name, key, rows, {**(store.meta(variant.name, name) or {}), "judge": judge.name,
                                                            "judge_version": judge.version})
             out[(variant.name, name)] = rows
+    for path in store.prune(set(out)):
+        log.info("evaluate: removed %s (not in the current variants and tasks)", path)
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -118,7 +117,7 @@ def run(params: Params) -> dict[str, Any]:
     plots = make_plots(results, gen, {"pareto": PARETO_PLOT, "tasks": TASKS_PLOT, "generalisation": GENERALISATION_PLOT})
     data = ReportData(
         results=results, generalisation=gen, samples=collect_samples(results, params.evaluate.samples), plots=plots,
-        params_yaml=params_yaml(params), created=time.strftime("%Y-%m-%d %H:%M"),
+        params_yaml=params_yaml(params),  # no timestamp: the report is a DVC output, equal for equal inputs
         lm_eval_agreement=_read_json(LM_EVAL_AGREEMENT) or None,
     )
     atomic_write_bytes(REPORT_MD, render_markdown(data).encode("utf-8"))

@@ -110,6 +110,22 @@ def test_store_roundtrip_resume_key_and_rejudge(tmp_path: Path) -> None:
     assert store.load("none", "demo_benign", "k1") is None
 
 
+def test_store_prune_keeps_only_the_current_pairs(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path)
+    rows = judge_rows(_prompt_rows([True]), KeywordJudge())
+    for variant, task in [("none", "demo_benign"), ("none", "demo_harmful"), ("eds_eta16_s3", "demo_benign")]:
+        store.save(variant, task, "k", rows)
+    removed = store.prune({("none", "demo_benign")})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == [
+        "eds_eta16_s3/demo_benign.json", "eds_eta16_s3/demo_benign.parquet",
+        "none/demo_harmful.json", "none/demo_harmful.parquet",
+    ]  # fmt: skip
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "none", "none/demo_benign.json", "none/demo_benign.parquet"
+    ]
+    assert store.load("none", "demo_benign", "k") == rows
+
+
 def test_outcomes_and_scores_with_categories() -> None:
     judge = KeywordJudge()
     rows = judge_rows(_prompt_rows([True, False, False, False]), judge)
