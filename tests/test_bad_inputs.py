@@ -24,7 +24,7 @@ import yaml
 
 from bad_input_cases import CASES, Case, Ctx, case
 from conftest import BIN, REPO
-from eds.config import ConfigError, deep_merge, load, parse
+from eds.config import DATA_ROOT_ENV, ConfigError, deep_merge, load, parse
 from eds.datasets import DatasetUnavailable
 from reliability_helpers import nothing_left, run_stage_in, write_project
 
@@ -240,6 +240,12 @@ def observe(c: Case, factory: pytest.TempPathFactory, tiny: Path) -> str:
             assert re.search(c.match, message), f"{c.name}: message {message!r} does not match {c.match!r}"
             _OBSERVED[c.name] = f"{type(info.value).__name__}: {message}"
     return _OBSERVED[c.name]
+
+
+@pytest.fixture(autouse=True)
+def _no_data_root_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each case names its own data root; ``$EDS_DATA_ROOT`` (set by ``make test``) would override it."""
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
 
 
 def test_case_names_are_unique() -> None:
