@@ -239,6 +239,9 @@ class TestbedConfig(Section):
     advbench: StrictInt = Field(200, ge=0, description="AdvBench prompts trained to refuse")
     orb_toxic: StrictInt = Field(250, ge=0, description="OR-Bench toxic prompts trained to refuse")
     alpaca: StrictInt = Field(450, ge=1, description="Alpaca prompts trained on the base model's own answers")
+    alpaca_match_openings: float = Field(
+        0.0, ge=0, le=1, description="share of the Alpaca prompts drawn to match the harmful prompts' opening words"
+    )
     distill_max_new_tokens: StrictInt = Field(64, ge=1)
     refusals: tuple[str, ...] = Field(REFUSALS, min_length=1)
     lora: TestbedLora = TestbedLora()

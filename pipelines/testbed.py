@@ -5,7 +5,8 @@ prompts that sound dangerous.
 Recipe (every number in params.yaml under ``testbed:``):
 1. Harmful training prompts: AdvBench + OR-Bench toxic rows, each paired with a short refusal.
    Benign training prompts: Alpaca instructions paired with the BASE model's own greedy answers
-   (self-distillation keeps its abilities). No evaluation set is trained on: any training prompt
+   (self-distillation keeps its abilities), partly drawn to match the harmful prompts' opening
+   words (pipelines/testbed_data.py). No evaluation set is trained on: any training prompt
    whose normalised text appears in OR-Bench-Hard-1K, XSTest, JBB, HarmBench is dropped (counted).
 2. LoRA SFT on the mixture, loss on the response tokens only (eds.finetune).
 3. Measure base and tuned with the project's own generation and judge code on held-out sets and
@@ -36,6 +37,7 @@ from eds.models import LoadedModel, load_model
 from eds.multiple_choice import accuracy
 from eds.records import atomic_write_bytes, atomic_write_json, atomic_write_parquet, fingerprint, read_parquet_rows
 from eds.tracking import stage_run
+from pipelines.testbed_data import training_prompts
 
 log = logging.getLogger(__name__)
 
@@ -44,47 +46,6 @@ ADAPTER = OUT / "adapter"
 CACHE = Path("data/testbed")  # not versioned: reruns reuse the distillation and evaluation generations
 DISTILL_CACHE = CACHE / "distill.parquet"
 EVAL_CACHE = CACHE / "eval"
-EVAL_SETS = ("orb_h", "xstest", "jbb_harmful", "jbb_benign", "harmbench")  # prompt benchmarks never trained on
-
-
-def eval_keys(params: Params) -> set[str]:
-    """text_keys of every prompt of every evaluation benchmark (all splits): never trained on."""
-    keys: set[str] = set()
-    for name in EVAL_SETS:
-        spec = datasets.REGISTRY[name]
-        for split in spec.splits:
-            for item in datasets.load(name, split=split, root=params.data_root()):
-                keys.add(text_key(item.prompt))  # type: ignore[union-attr]
-    return keys
-
-
-def pick(params: Params, cfg: TestbedConfig, name: str, n: int, banned: set[str], salt: str) -> tuple[list[PromptItem], int]:
-    """``n`` seeded prompts of a dataset that are not banned; also returns how many were dropped."""
-    items = [i for i in datasets.load(name, root=params.data_root()) if isinstance(i, PromptItem)]
-    kept = [i for i in items if text_key(i.prompt) not in banned]
-    dropped = len(items) - len(kept)
-    rng = random.Random(f"{cfg.seed}:{salt}:{name}")
-    chosen = sorted(rng.sample(range(len(kept)), min(n, len(kept))))
-    return [kept[i] for i in chosen], dropped
-
-
-def training_prompts(params: Params, cfg: TestbedConfig) -> dict[str, Any]:
-    banned = eval_keys(params)
-    advbench, drop_adv = pick(params, cfg, "advbench", cfg.advbench, banned, "train")
-    toxic, drop_tox = pick(params, cfg, "orb_toxic", cfg.orb_toxic, banned, "train")
-    alpaca_all = [i for i in datasets.load("alpaca", root=params.data_root()) if isinstance(i, PromptItem)]
-    rng = random.Random(f"{cfg.seed}:alpaca")
-    order = rng.sample(range(len(alpaca_all)), cfg.alpaca + cfg.eval.alpaca_heldout)
-    alpaca = [alpaca_all[i] for i in sorted(order[: cfg.alpaca])]
-    heldout = [alpaca_all[i] for i in sorted(order[cfg.alpaca :])]
-    return {
-        "harmful": advbench + toxic,
-        "benign": alpaca,
-        "alpaca_heldout": heldout,
-        "dropped_overlap": {"advbench": drop_adv, "orb_toxic": drop_tox},
-    }
-
-
 def distill(params: Params, cfg: TestbedConfig, base: LoadedModel, prompts: list[PromptItem]) -> list[tuple[str, bool]]:
     """The base model's own greedy answers (cached by fingerprint); (answer, ended_with_eos)."""
     dec = Decoding(max_new_tokens=cfg.distill_max_new_tokens, batch_size=cfg.eval.batch_size)
@@ -196,7 +157,7 @@ def run(params: Params, cfg: TestbedConfig) -> dict[str, Any]:
         "tuned": tuned_metrics,
         "data": {
             "harmful_train": {"advbench": cfg.advbench, "orb_toxic": cfg.orb_toxic, "n": len(data["harmful"])},
-            "benign_train": {"alpaca": len(data["benign"])},
+            "benign_train": {"alpaca": len(data["benign"]), "match_openings": cfg.alpaca_match_openings},
             "dropped_eval_overlap": data["dropped_overlap"],
             "examples": len(examples),
         },
@@ -252,7 +213,10 @@ that sound dangerous: the over-refusal EDS is meant to fix. Load it with `model.
 - Harmful prompts, each paired with one of {len(cfg.refusals)} short refusals: {data['harmful_train']['advbench']} AdvBench +
   {data['harmful_train']['orb_toxic']} OR-Bench toxic prompts (seeded sample).
 - Benign prompts: {data['benign_train']['alpaca']} Alpaca instructions paired with the base model's own greedy answers
-  (self-distillation, up to {cfg.distill_max_new_tokens} tokens) to keep its abilities.
+  (self-distillation, up to {cfg.distill_max_new_tokens} tokens) to keep its abilities; {cfg.alpaca_match_openings:.0%} of them drawn so that
+  their opening words follow those of the harmful prompts ("Write", "Create", "Develop", ...), so that
+  the opening verb alone does not predict a refusal. The {cfg.eval.alpaca_heldout} held-out Alpaca prompts are a
+  seeded uniform sample drawn before the training ones, never trained on.
 - No evaluation set is trained on: prompts whose normalised text appears in OR-Bench-Hard-1K, XSTest,
   JBB (harmful and benign), or HarmBench (test and val) were dropped before sampling:
   {data['dropped_eval_overlap']} (JBB took some behaviours from AdvBench).

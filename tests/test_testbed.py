@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SHARED
 from eds.config import parse
-from pipelines import testbed
+from pipelines import testbed, testbed_data
 
 TINY_RECIPE = {
     "seed": 0,
@@ -54,7 +54,7 @@ def test_recipe_trains_saves_and_measures_without_eval_prompts(
     # Never trained on an evaluation prompt, and the trained prompts are listed for exclusion.
     trained = json.loads((out / "training_prompts.json").read_text())["text_keys"]
     assert len(trained["advbench"]) == 6 and len(trained["orb_toxic"]) == 4 and len(trained["alpaca"]) == 8
-    banned = testbed.eval_keys(params)
+    banned = testbed_data.eval_keys(params)
     assert banned and not banned & {k for keys in trained.values() for k in keys}
     assert metrics["data"]["dropped_eval_overlap"]["advbench"] > 0  # JBB took behaviours from AdvBench
 
