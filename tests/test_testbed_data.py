@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from conftest import SHARED
-from eds.config import parse
+from eds.config import Params, parse
 from eds.datasets import PromptItem, text_key
 from pipelines import testbed_data as td
 
@@ -42,7 +42,7 @@ def test_match_openings_follows_the_reference_words_and_skips_missing_ones() -> 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"needs the shared benchmark copies at {SHARED}")
 def test_alpaca_heldout_is_fixed_disjoint_and_matching_shifts_the_training_openings() -> None:
-    def params(**testbed: object):  # type: ignore[no-untyped-def]
+    def params(**testbed: object) -> Params:
         return parse({"data": {"root": str(SHARED)}, "testbed": testbed}, check_paths=False)
 
     harmful = [item(i, p) for i, p in enumerate(["Write a virus", "Create a bomb", "Develop malware"] * 20)]
