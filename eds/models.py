@@ -8,6 +8,7 @@ and every later load reads the folder (~0.2 s).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -231,6 +232,28 @@ def attach_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
 def describe(cfg: ModelConfig) -> str:
     """A short, stable model name for records and tracking: id plus adapter."""
     return cfg.id if not cfg.adapter else f"{cfg.id}+{cfg.adapter}"
+
+
+def adapter_digest(adapter: str | None) -> str | None:
+    """sha256 over a local adapter folder's files (names and bytes); None for no adapter or a hub id.
+
+    Records keyed by the model (resumable shards, cached evaluations) use it, so retraining an
+    adapter in place, same path, never reuses what the old adapter produced.
+    """
+    if not adapter or not Path(adapter).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(adapter).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(adapter).as_posix().encode("utf-8") + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_record(cfg: ModelConfig) -> dict[str, object]:
+    """What a model's outputs depend on, for fingerprints: the config plus the adapter's contents."""
+    return {**cfg.model_dump(mode="json"), "adapter_sha256": adapter_digest(cfg.adapter)}
 
 
 def format_chat(tokenizer: PreTrainedTokenizerBase, prompt: str, system_prompt: str | None = None) -> str:

@@ -41,7 +41,7 @@ from eds.eval_results import BASELINE, flat_metrics, pareto_csv, results_documen
 from eds.evaluation import ResponseStore, TaskScore, needs_rejudge, pair_key, rejudge, run_task
 from eds.judge import build_judge, label_pair
 from eds.metrics import Rate
-from eds.models import LoadedModel, describe, load_model
+from eds.models import LoadedModel, describe, load_model, model_record
 from eds.records import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from eds.splits import TRAINING_SPLITS, keys_of, load_exclusions, read_splits
 from eds.tracking import StageRun, run_tags, stage_run
@@ -122,7 +122,7 @@ def run_variants(
                         batch_size=cfg.batch_size)
     settings = settings_of(params)
     store = ResponseStore(EVAL_RESPONSES)
-    model_record = params.model.model_dump(mode="json")
+    model_rec = model_record(params.model)
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for variant in variants:
         steerer = None
@@ -131,7 +131,7 @@ def run_variants(
             if not loaded_task.available:
                 continue
             task = loaded_task.task
-            key = pair_key(task, loaded_task.items, variant.as_record(), parts, model_record, settings.decoding_for(task),
+            key = pair_key(task, loaded_task.items, variant.as_record(), parts, model_rec, settings.decoding_for(task),
                            settings.mc_batch_size)
             rows = store.load(variant.name, name, key)
             if rows is None:
@@ -185,7 +185,7 @@ def generalisation(params: Params, tasks: Mapping[str, TaskItems], rows: Mapping
             notes[target] = "not available (no unsteered responses for its tasks)"
             continue
         prompts = [r["prompt"] for r in picked]
-        key = fingerprint({"model": params.model.model_dump(mode="json"), "layer": layer, "prompts": prompts,
+        key = fingerprint({"model": model_record(params.model), "layer": layer, "prompts": prompts,
                            "max_prompt_tokens": params.evaluate.max_prompt_tokens})
         cache = EVAL_CACHE / f"states-{key[:16]}.npy"
         if cache.is_file():

@@ -24,7 +24,7 @@ from eds.activation_store import ActivationWriter
 from eds.activations import PreparedPrompt, decoder_layers, extract_states, prepare_prompts
 from eds.config import Params
 from eds.datasets import text_key
-from eds.models import describe, load_model
+from eds.models import describe, load_model, model_record
 from eds.records import chunks, fingerprint, read_parquet_rows
 from eds.splits import read_splits
 from eds.tracking import stage_run
@@ -67,7 +67,7 @@ def run(params: Params) -> dict[str, Any]:
     rows = labelled_rows()
     key = fingerprint(
         {
-            "model": params.model.model_dump(mode="json"),
+            "model": model_record(params.model),
             "max_prompt_tokens": params.generate.max_prompt_tokens,
             "extract": cfg.model_dump(mode="json"),
             "rows": [(row["item_id"], row["prompt"]) for row in rows],

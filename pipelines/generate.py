@@ -23,7 +23,7 @@ from tqdm import tqdm
 from eds.config import Params
 from eds.datasets import PromptItem
 from eds.generation import Decoding, generate
-from eds.models import describe, load_model
+from eds.models import describe, load_model, model_record
 from eds.records import ShardedTable, chunks, fingerprint
 from eds.splits import TRAINING_SPLITS, read_splits
 from eds.tracking import stage_run
@@ -69,7 +69,7 @@ def run(params: Params) -> dict[str, Any]:
     model_name = describe(params.model)
     key = fingerprint(
         {
-            "model": params.model.model_dump(mode="json"),
+            "model": model_record(params.model),
             "decoding": dec.as_record(),
             "prompts": [(i.item_id, i.prompt, i.prompt_type) for i in items],
             "shard_size": params.generate.shard_size,

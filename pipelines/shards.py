@@ -28,7 +28,7 @@ from typing import Any
 from eds import config
 from eds.datasets import PromptItem
 from eds.generation import Decoding, generate
-from eds.models import LoadedModel, describe, load_model
+from eds.models import LoadedModel, describe, load_model, model_record
 from eds.records import ShardedTable, chunks, fingerprint
 from pipelines import generate as generate_stage
 from pipelines.paths import ACTIVATIONS, LABELS, RESPONSES, SPLITS
@@ -39,7 +39,7 @@ _MODELS_LOCK = threading.Lock()
 
 def worker_model(params: config.Params) -> LoadedModel:
     """One loaded model per worker process, reused by every shard task it runs."""
-    key = json.dumps(params.model.model_dump(mode="json"), sort_keys=True)
+    key = json.dumps(model_record(params.model), sort_keys=True)
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS.clear()
@@ -82,7 +82,7 @@ def generate_plan(params: config.Params, root: Path) -> GeneratePlan:
     dec = generate_stage.decoding(params)
     key = fingerprint(
         {
-            "model": params.model.model_dump(mode="json"),
+            "model": model_record(params.model),
             "decoding": dec.as_record(),
             "prompts": [(i.item_id, i.prompt, i.prompt_type) for i in items],
             "shard_size": params.generate.shard_size,
@@ -128,7 +128,7 @@ def _extract_writer(params: config.Params, root: Path) -> tuple[Any, list[list[d
     rows = extract_stage.labelled_rows(root / LABELS, root / SPLITS)
     key = fingerprint(
         {
-            "model": params.model.model_dump(mode="json"),
+            "model": model_record(params.model),
             "max_prompt_tokens": params.generate.max_prompt_tokens,
             "extract": cfg.model_dump(mode="json"),
             "rows": [(row["item_id"], row["prompt"]) for row in rows],

@@ -10,11 +10,13 @@ import torch
 from eds.config import ModelConfig
 from eds.models import (
     ModelLoadError,
+    adapter_digest,
     describe,
     embedded_gguf,
     format_chat,
     load_model,
     load_tokenizer,
+    model_record,
     resolve_device,
     resolve_dtype,
 )
@@ -98,6 +100,24 @@ def test_adapter_is_loaded_and_merged(tiny_model_dir: Path, tmp_path: Path) -> N
     assert not torch.allclose(untuned, expected, atol=1e-3)
     assert tuned.name == describe(ModelConfig(id=str(tiny_model_dir), adapter=str(tmp_path / "adapter")))
     assert "+" in tuned.name
+
+
+def test_model_record_follows_the_adapter_contents_not_just_its_path(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    cfg = ModelConfig(id="org/model", adapter=str(adapter))
+    first = model_record(cfg)
+    assert first["adapter_sha256"] == adapter_digest(str(adapter)) and first["adapter"] == str(adapter)
+    assert model_record(cfg) == first  # stable
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")  # retrained in place
+    assert model_record(cfg)["adapter_sha256"] != first["adapter_sha256"]
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    (adapter / "adapter_config.json").rename(adapter / "other.json")  # same bytes, other name
+    assert model_record(cfg)["adapter_sha256"] != first["adapter_sha256"]
+    assert model_record(ModelConfig(id="org/model"))["adapter_sha256"] is None
+    assert adapter_digest("org/hub-adapter") is None  # a hub id: its revision is the user's to pin
 
 
 def test_missing_adapter_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
