@@ -190,6 +190,12 @@ TARGETS = {  # the issue's bar for a useful testbed: (key, comparison, bound)
 }
 
 
+def _dropped(counts: dict[str, int]) -> str:
+    """``{"advbench": 11, "orb_toxic": 0}`` -> ``11 AdvBench, 0 OR-Bench toxic``."""
+    names = {"advbench": "AdvBench", "orb_toxic": "OR-Bench toxic"}
+    return ", ".join(f"{n} {names.get(k, k)}" for k, n in counts.items())
+
+
 def model_card(metrics: dict[str, Any], cfg: TestbedConfig) -> str:
     """The adapter's model card (models/testbed/README.md), written from its measured metrics."""
     base, tuned, data, train = metrics["base"], metrics["tuned"], metrics["data"], metrics["training"]
@@ -219,7 +225,7 @@ that sound dangerous: the over-refusal EDS is meant to fix. Load it with `model.
   seeded uniform sample drawn before the training ones, never trained on.
 - No evaluation set is trained on: prompts whose normalised text appears in OR-Bench-Hard-1K, XSTest,
   JBB (harmful and benign), or HarmBench (test and val) were dropped before sampling:
-  {data['dropped_eval_overlap']} (JBB took some behaviours from AdvBench).
+  {_dropped(data['dropped_eval_overlap'])} (JBB took some behaviours from AdvBench).
 - No system prompt and no benign prompt labelled as a refusal: over-refusal comes from the tuning.
 - LoRA SFT, loss on response tokens only, lr {cfg.lora.lr}, {train['steps']} steps of batch {cfg.lora.batch_size}
   (~{cfg.lora.epochs} epochs), max {cfg.lora.max_length} tokens, seed {cfg.seed}; {train['seconds']:.0f} s end to end
