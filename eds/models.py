@@ -8,7 +8,6 @@ and every later load reads the folder (~0.2 s).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -22,7 +21,7 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from eds.config import EMBEDDED_PREFIX, ModelConfig
-from eds.records import DIR_MODE
+from eds.records import DIR_MODE, file_sha256, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -242,13 +241,8 @@ def adapter_digest(adapter: str | None) -> str | None:
     """
     if not adapter or not Path(adapter).is_dir():
         return None
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(adapter).rglob("*") if p.is_file()):
-        digest.update(path.relative_to(adapter).as_posix().encode("utf-8") + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    files = sorted(p for p in Path(adapter).rglob("*") if p.is_file())
+    return fingerprint({p.relative_to(adapter).as_posix(): file_sha256(p) for p in files})
 
 
 def model_record(cfg: ModelConfig) -> dict[str, object]:

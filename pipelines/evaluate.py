@@ -177,6 +177,7 @@ def generalisation(params: Params, tasks: Mapping[str, TaskItems], rows: Mapping
                                [r["row"] for r in members if r["split"] == "val"])
     targets = []
     notes = {}
+    model_rec = model_record(params.model)
     for target_group in cfg.targets:
         target = target_group.name
         picked = [r for task in target_group.tasks if tasks.get(task) and tasks[task].available
@@ -185,7 +186,7 @@ def generalisation(params: Params, tasks: Mapping[str, TaskItems], rows: Mapping
             notes[target] = "not available (no unsteered responses for its tasks)"
             continue
         prompts = [r["prompt"] for r in picked]
-        key = fingerprint({"model": model_record(params.model), "layer": layer, "prompts": prompts,
+        key = fingerprint({"model": model_rec, "layer": layer, "prompts": prompts,
                            "max_prompt_tokens": params.evaluate.max_prompt_tokens})
         cache = EVAL_CACHE / f"states-{key[:16]}.npy"
         if cache.is_file():
