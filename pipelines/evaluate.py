@@ -155,6 +155,14 @@ def run_variants(
 # ------------------------------------------------------------------------------ generalisation
 
 
+def prune_states(folder: Path, keep: set[Path]) -> list[Path]:
+    """Remove cached target states (``states-*.npy``) not in ``keep``: the output holds only current ones."""
+    stale = sorted(p for p in folder.glob("states-*.npy") if p not in keep)
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def generalisation(params: Params, tasks: Mapping[str, TaskItems], rows: Mapping[tuple[str, str], list[dict[str, Any]]],
                    model: LazyModel, layer: int) -> dict[str, Any]:
     """The matrix of :mod:`eds.generalisation` over the configured sources and targets."""
@@ -178,6 +186,7 @@ def generalisation(params: Params, tasks: Mapping[str, TaskItems], rows: Mapping
     targets = []
     notes = {}
     model_rec = model_record(params.model)
+    used: set[Path] = set()
     for target_group in cfg.targets:
         target = target_group.name
         picked = [r for task in target_group.tasks if tasks.get(task) and tasks[task].available
@@ -189,6 +198,7 @@ def generalisation(params: Params, tasks: Mapping[str, TaskItems], rows: Mapping
         key = fingerprint({"model": model_rec, "layer": layer, "prompts": prompts,
                            "max_prompt_tokens": params.evaluate.max_prompt_tokens})
         cache = EVAL_CACHE / f"states-{key[:16]}.npy"
+        used.add(cache)
         if cache.is_file():
             target_states = np.load(cache, allow_pickle=False)
         else:
@@ -200,6 +210,8 @@ def generalisation(params: Params, tasks: Mapping[str, TaskItems], rows: Mapping
             atomic_write_bytes(cache, buffer.getvalue())
         labels = np.array([label_pair(r["prompt_type"], bool(r["refused"])) == "good" for r in picked])
         targets.append(Target(target, target_states, labels))
+    for path in prune_states(EVAL_CACHE, used):
+        log.info("evaluate: removed %s (states of an older model or prompt set)", path)
     train = params.train
     spec = EBMSpec(input_dim=store.hidden_size, widths=tuple(train.widths), dropout=train.dropout)
     settings = TrainSettings(epochs=cfg.epochs, batch_size=train.batch_size, lr=train.lr, tau=train.tau, seed=train.seed,

@@ -110,6 +110,16 @@ def test_store_roundtrip_resume_key_and_rejudge(tmp_path: Path) -> None:
     assert store.load("none", "demo_benign", "k1") is None
 
 
+def test_prune_states_keeps_only_the_current_cache_files(tmp_path: Path) -> None:
+    from pipelines.evaluate import prune_states
+
+    current, old, other = tmp_path / "states-aaaa.npy", tmp_path / "states-bbbb.npy", tmp_path / "notes.json"
+    for path in (current, old, other):
+        path.write_bytes(b"x")
+    assert prune_states(tmp_path, {current}) == [old]
+    assert current.is_file() and other.is_file() and not old.exists()
+
+
 def test_store_prune_keeps_only_the_current_pairs(tmp_path: Path) -> None:
     store = ResponseStore(tmp_path)
     rows = judge_rows(_prompt_rows([True]), KeywordJudge())
